@@ -1,0 +1,89 @@
+"""Typed configuration of the data side: which datasets, how samples are windowed and batched."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DatasetEntry:
+    """One dataset of the training mixture."""
+
+    name: str = "synthetic_world"
+    """Registry name of the dataset (standardization, frame stride, gripper convention)."""
+    path: str = ".cache/data/synthetic_world/synthetic_world/1.0.0"
+    """Directory of the TFDS build (holds dataset_info.json, features.json, *.tfrecord-*)."""
+    weight: float = 1.0
+    """Mixture weight; the effective share is weight x transitions, normalized (OpenVLA/Octo)."""
+    split: str = "train"
+    """TFDS split expression, e.g. ``train``, ``train[:95%]``."""
+
+
+@dataclass
+class SyntheticDataConfig:
+    """The synthetic world used by the quickstart and the tests (generated when missing)."""
+
+    enabled: bool = False
+    """Generate the dataset at ``root`` before training when it does not exist yet."""
+    root: str = ".cache/data/synthetic_world"
+    """TFDS data_dir the synthetic dataset is written into."""
+    train_episodes: int = 64
+    """Episodes in the train split."""
+    val_episodes: int = 8
+    """Episodes in the val split."""
+    episode_length: int = 40
+    """Steps per episode."""
+    image_size: int = 64
+    """Rendered frame side in pixels."""
+    seed: int = 0
+    """Generator seed; the same seed writes byte-identical shards."""
+
+
+@dataclass
+class DataConfig:
+    """What the trainer consumes: the mixture, the window shape and the sampling seed."""
+
+    datasets: list[DatasetEntry] = field(default_factory=lambda: [DatasetEntry()])
+    """The mixture. Robot (RLDS) and human-video datasets mix in one plan."""
+    synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
+    """Synthetic world generation (quickstart, tests)."""
+    seed: int = 0
+    """Seed of the sample plan: order is a pure function of (seed, mixture, epoch, index)."""
+    image_size: int = 64
+    """Side of the square images delivered to the model (frames are resized on decode)."""
+    action_horizon: int = 8
+    """N: length of the action chunk a_t..a_{t+N-1}."""
+    max_action_dim: int = 7
+    """A: action vectors are zero-padded to this many dims (with ``action_dim_mask``)."""
+    max_proprio_dim: int = 8
+    """P: proprio vectors are zero-padded to this many dims (with ``proprio_dim_mask``)."""
+    lam_stride: int = 0
+    """H override for the LAM pair (x_t, x_{t+H}); 0 uses each dataset's registry stride."""
+    future_out_of_range: str = "clamp"
+    """``clamp``: t+H past the episode end is clamped to T-1; ``drop``: such t are never sampled."""
+    normalization: str = "bounds_q99"
+    """Action/proprio normalization: ``bounds_q99`` | ``normal`` (mean/std) | ``bounds`` (min/max)."""
+    on_bad_sample: str = "error"
+    """``error``: stop with a message naming file, episode and field; ``skip``: count and skip."""
+    num_workers: int = 0
+    """Decode workers; 0 decodes in the trainer process (identical sample sequence)."""
+    prefetch_batches: int = 2
+    """Batches decoded ahead of the trainer per rank."""
+    log_sample_ids: bool = False
+    """Write ``samples.jsonl`` (step, rank, sample id) into the run dir for exact-resume checks."""
+    allow_new_plan: bool = False
+    """On resume, accept a changed mixture (new plan fingerprint) and restart the data order."""
+
+    def __post_init__(self) -> None:
+        if self.future_out_of_range not in ("clamp", "drop"):
+            raise ValueError(f"data.future_out_of_range must be 'clamp' or 'drop', got {self.future_out_of_range!r}")
+        if self.normalization not in ("bounds_q99", "normal", "bounds"):
+            raise ValueError(
+                f"data.normalization must be 'bounds_q99', 'normal' or 'bounds', got {self.normalization!r}"
+            )
+        if self.on_bad_sample not in ("error", "skip"):
+            raise ValueError(f"data.on_bad_sample must be 'error' or 'skip', got {self.on_bad_sample!r}")
+        if self.action_horizon < 1:
+            raise ValueError(f"data.action_horizon must be >= 1, got {self.action_horizon}")
+        if not self.datasets:
+            raise ValueError("data.datasets is empty: the mixture needs at least one dataset")
