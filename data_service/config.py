@@ -65,6 +65,10 @@ class DataConfig:
     """Action/proprio normalization: ``bounds_q99`` | ``normal`` (mean/std) | ``bounds`` (min/max)."""
     on_bad_sample: str = "error"
     """``error``: stop with a message naming file, episode and field; ``skip``: count and skip."""
+    episode_group: int = 32
+    """Episodes whose windows are interleaved together in the plan; bounds the decoded-episode cache."""
+    plan_block_size: int = 4096
+    """Mixture block: every block of this many global samples holds each dataset's exact quota."""
     num_workers: int = 0
     """Decode workers; 0 decodes in the trainer process (identical sample sequence)."""
     prefetch_batches: int = 2

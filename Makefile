@@ -1,0 +1,35 @@
+# The two commands of the README, each self-contained on a fresh machine:
+#   make quickstart   install (once) and run the embedded default pretraining job on CPU
+#   make test         install (once, with the test extras) and run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TEST_EXTRAS := dev,rlds,video,ray
+RUN_EXTRAS := dev
+# Extra flags for the quickstart, e.g. make quickstart ARGS="--trainer.max_steps=50"
+ARGS ?=
+# Ranks for the quickstart (DeepSpeed picks its CPU accelerator and gloo without a GPU).
+NUM_GPUS ?= 1
+
+.PHONY: quickstart test install install-test clean-runs
+
+$(VENV)/.stamp-%: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch is pinned and installed first so no later resolver pulls a CUDA build
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[$*]"
+	touch $@
+
+install: $(VENV)/.stamp-$(RUN_EXTRAS)
+install-test: $(VENV)/.stamp-$(TEST_EXTRAS)
+
+quickstart: install
+	PATH="$(abspath $(VENV))/bin:$$PATH" deepspeed --num_gpus $(NUM_GPUS) launcher/pretrain.py \
+		--config configs/quickstart.yaml --resume=auto $(ARGS)
+
+test: install-test
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q
+
+clean-runs:
+	rm -rf runs/quickstart

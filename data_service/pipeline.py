@@ -1,0 +1,76 @@
+"""Assemble the data side of a run: generate the synthetic world if asked, open the sources,
+compute (or load cached) normalization statistics, build the sample plan and the rank's client.
+
+Coordination is passed in as two callables so this module stays free of process-group code:
+``is_local_leader`` does the one-per-node work (generation, statistics passes) while the other
+ranks wait at ``barrier`` and then read the cached results.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from data_service.config import DataConfig
+from data_service.loader import DataClient, DataStats, SampleReader, build_plan_datasets
+from data_service.plan import SamplePlan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataBundle:
+    """Everything the trainer needs from the data side."""
+
+    client: DataClient
+    sources: list[Any]
+    normalizers: list[Any]
+    plan: SamplePlan
+    stats: DataStats
+
+    def normalization_stats(self) -> dict[str, Any]:
+        """JSON-able statistics per dataset (saved with every checkpoint for de-normalization)."""
+        return {s.name: s.statistics().to_dict() for s in self.sources}
+
+
+def lam_stride(source: Any, cfg: DataConfig) -> int:
+    return cfg.lam_stride if cfg.lam_stride > 0 else int(source.spec.lam_stride)
+
+
+def build_data(cfg: DataConfig, *, rank: int, world_size: int, micro_batch_size: int, grad_accum: int,
+               is_local_leader: bool, barrier: Callable[[], None]) -> DataBundle:
+    from data_service.sources import open_source
+    from data_service.stats import Normalizer
+    from data_service.windowing import make_sample, valid_timesteps
+
+    if cfg.synthetic.enabled:
+        if is_local_leader:
+            from data_service.synthetic import generate_synthetic_world
+
+            generate_synthetic_world(cfg.synthetic)
+        barrier()
+
+    sources = [open_source(entry, cfg) for entry in cfg.datasets]
+    # Statistics passes run once per node; the others read the JSON cache afterwards.
+    if is_local_leader:
+        for s in sources:
+            s.statistics()
+    barrier()
+    normalizers = [Normalizer(s.statistics(), cfg.normalization, s.spec.action_absolute_mask) for s in sources]
+
+    windows = []
+    for s in sources:
+        H = lam_stride(s, cfg)
+        windows.append(np.array([len(valid_timesteps(int(n), H, cfg)) for n in s.episode_lengths], dtype=np.int64))
+    plan = SamplePlan(build_plan_datasets(sources, [e.weight for e in cfg.datasets], windows),
+                      seed=cfg.seed, block_size=cfg.plan_block_size, episode_group=cfg.episode_group)
+    stats = DataStats()
+    reader = SampleReader(plan, sources, normalizers, cfg, make_sample, stats)
+    client = DataClient(plan, reader, rank=rank, world_size=world_size, micro_batch_size=micro_batch_size,
+                        grad_accum=grad_accum, prefetch_batches=cfg.prefetch_batches)
+    mix = ", ".join(f"{s.name} {100 * p:.1f}%" for s, p in zip(sources, plan.probabilities))
+    log.info("data plan %s: %s", plan.fingerprint, mix)
+    return DataBundle(client=client, sources=sources, normalizers=normalizers, plan=plan, stats=stats)

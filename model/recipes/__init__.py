@@ -1,0 +1,1 @@
+"""One module per training recipe; each exposes ``forward(batch) -> (loss, metrics)``."""

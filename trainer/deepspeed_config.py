@@ -1,0 +1,100 @@
+"""Generate the DeepSpeed JSON and the optimizer parameter groups from the typed config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainer.config import PretrainConfig
+
+# Parameters that should never be weight-decayed, matched on the parameter name.
+_NO_DECAY_MARKERS = ("bias", "norm", "embed", "pos_emb", "queries", "codebook", "token_type")
+
+
+def gradient_accumulation_steps(cfg: PretrainConfig, world_size: int) -> int:
+    """Accumulation steps so that micro x accum x world == global batch, or a clear error."""
+    per_step = cfg.trainer.micro_batch_size * world_size
+    if cfg.trainer.global_batch_size % per_step:
+        raise ValueError(
+            f"trainer.global_batch_size={cfg.trainer.global_batch_size} is not a multiple of "
+            f"trainer.micro_batch_size={cfg.trainer.micro_batch_size} x world size {world_size}"
+        )
+    return cfg.trainer.global_batch_size // per_step
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Trainable parameters only (frozen towers stay out of the optimizer), split into decay /
+    no-decay groups: matrices decay; biases, norms, embeddings, queries and codebooks do not."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        lname = name.lower()
+        if p.ndim < 2 or any(m in lname for m in _NO_DECAY_MARKERS):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = []
+    if decay:
+        groups.append({"params": decay, "weight_decay": weight_decay})
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    if not groups:
+        raise ValueError("the model has no trainable parameters")
+    return groups
+
+
+def build_deepspeed_config(cfg: PretrainConfig, world_size: int) -> dict[str, Any]:
+    t, o, z = cfg.trainer, cfg.optim, cfg.trainer.zero
+    accum = gradient_accumulation_steps(cfg, world_size)
+    if o.schedule == "cosine":
+        scheduler = {
+            "type": "WarmupCosineLR",
+            "params": {
+                "total_num_steps": max(1, t.max_steps),
+                "warmup_num_steps": o.warmup_steps,
+                "warmup_min_ratio": 0.0,
+                "cos_min_ratio": o.min_lr_ratio,
+                "warmup_type": "linear",
+            },
+        }
+    else:
+        scheduler = {
+            "type": "WarmupLR",
+            "params": {"warmup_min_lr": 0.0, "warmup_max_lr": o.lr, "warmup_num_steps": o.warmup_steps,
+                       "warmup_type": "linear"},
+        }
+    zero: dict[str, Any] = {
+        "stage": z.stage,
+        "overlap_comm": z.overlap_comm,
+        "contiguous_gradients": z.contiguous_gradients,
+        "reduce_bucket_size": z.reduce_bucket_size,
+    }
+    if z.stage == 3:
+        zero.update({
+            "stage3_prefetch_bucket_size": z.prefetch_bucket_size,
+            "stage3_param_persistence_threshold": z.param_persistence_threshold,
+            "stage3_gather_16bit_weights_on_model_save": False,
+        })
+    return {
+        "train_batch_size": t.global_batch_size,
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": accum,
+        "gradient_clipping": t.gradient_clipping,
+        "zero_optimization": zero,
+        "bf16": {"enabled": t.precision == "bf16"},
+        "optimizer": {
+            "type": "AdamW",
+            "params": {"lr": o.lr, "betas": list(o.betas), "eps": o.eps, "weight_decay": o.weight_decay},
+        },
+        "scheduler": scheduler,
+        "steps_per_print": 2**62,  # our own metrics replace DeepSpeed's prints
+        "wall_clock_breakdown": False,
+        "zero_allow_untested_optimizer": True,
+    }
+
+
+def model_dtype(cfg: PretrainConfig) -> torch.dtype:
+    return torch.bfloat16 if cfg.trainer.precision == "bf16" else torch.float32

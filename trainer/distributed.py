@@ -1,0 +1,72 @@
+"""Process-group helpers. The only place (with the DeepSpeed engine) that knows about ranks."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+
+
+def init_distributed() -> None:
+    """Join the process group DeepSpeed's launcher set up (gloo on CPU, NCCL on CUDA); a plain
+    ``python launcher/pretrain.py`` runs as a world of one."""
+    if dist.is_initialized():
+        return
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    import deepspeed  # deferred: importing deepspeed probes accelerators (slow)
+
+    deepspeed.init_distributed(verbose=False)
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if ``flag`` is True on any rank (collective: every rank must call it)."""
+    if not dist.is_initialized():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def mean_over_ranks(values: Sequence[float]) -> list[float]:
+    """Average a fixed-length list of floats over ranks (collective)."""
+    t = torch.tensor(list(values), dtype=torch.float64)
+    if dist.is_initialized() and world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t /= world_size()
+    return t.tolist()
+
+
+def broadcast_object(obj: object) -> object:
+    """Rank 0's value of ``obj`` on every rank."""
+    if not dist.is_initialized() or world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
