@@ -1,0 +1,80 @@
+"""Config loading: YAML + CLI overrides, and errors that name the key and the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from trainer.config import PretrainConfig
+from trainer.config_io import ConfigError, dump_config, load_config
+
+QUICKSTART = str(Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml")
+
+
+def test_quickstart_loads_with_overrides():
+    cfg = load_config(["--config", QUICKSTART, "--trainer.max_steps=7", "--run.dir=/tmp/x", "--local_rank=0"])
+    assert isinstance(cfg, PretrainConfig)
+    assert cfg.trainer.max_steps == 7
+    assert cfg.run.dir == "/tmp/x"
+    assert cfg.data.synthetic.enabled is True
+    assert cfg.data.datasets[0].name == "synthetic_world"
+
+
+def test_cli_typo_names_the_key_and_suggests():
+    with pytest.raises(ConfigError, match=r"unknown config key 'trainer\.max_stpes'.*trainer\.max_steps"):
+        load_config(["--config", QUICKSTART, "--trainer.max_stpes=3"])
+
+
+def test_yaml_typo_names_key_and_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer:\n  max_stpes: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(["--config", str(bad)])
+    assert str(bad) in str(e.value) and "trainer.max_stpes" in str(e.value)
+
+
+def test_wrong_type_names_key_and_file(tmp_path):
+    bad = tmp_path / "bad_type.yaml"
+    bad.write_text("trainer:\n  max_steps: many\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(["--config", str(bad)])
+    assert str(bad) in str(e.value) and "trainer.max_steps" in str(e.value)
+
+
+def test_wrong_type_on_command_line_blames_command_line():
+    with pytest.raises(ConfigError, match=r"command line.*optim\.lr"):
+        load_config(["--config", QUICKSTART, "--optim.lr=fast"])
+
+
+def test_invalid_value_is_rejected():
+    with pytest.raises(ConfigError, match="trainer.precision"):
+        load_config(["--config", QUICKSTART, "--trainer.precision=fp8"])
+
+
+def test_unknown_recipe_type(tmp_path):
+    bad = tmp_path / "r.yaml"
+    bad.write_text("model:\n  type: not_a_recipe\n")
+    with pytest.raises(ConfigError, match="not_a_recipe"):
+        load_config(["--config", str(bad)])
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(["--config", "/nonexistent/x.yaml"])
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(["--config", QUICKSTART, "--optim.lr=0.005", "--trainer.max_steps=11"])
+    out = tmp_path / "resolved.yaml"
+    out.write_text(dump_config(cfg))
+    assert yaml.safe_load(out.read_text())["trainer"]["max_steps"] == 11
+    again = load_config(["--config", str(out)])
+    assert again == cfg
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (Path(QUICKSTART).parent).glob("*.yaml")))
+def test_every_recipe_yaml_loads(recipe):
+    cfg = load_config(["--config", str(Path(QUICKSTART).parent / recipe)])
+    assert cfg.trainer.max_steps >= 0
