@@ -29,11 +29,15 @@ Backends: :func:`nearest_code_reference` (chunked over N, bounded N x K working 
 N x K), and :func:`nearest_code_triton` (the fused kernel; never materializes N x K).
 :func:`nearest_code` dispatches: Triton when ``z`` is on CUDA, or when ``TRITON_INTERPRET=1`` is set
 and Triton imports (the interpreter runs the same kernel on CPU tensors); otherwise the reference.
+
+``TRITON_INTERPRET`` is read by Triton when this module is imported (``triton.jit`` picks the
+interpreted or compiled flavour at decoration time, for this kernel and for Triton's own
+``tl.zeros``/``tl.min`` helpers alike), so set it before importing: changing it later has no effect
+(see :data:`KERNEL_INTERPRETED`).
 """
 
 from __future__ import annotations
 
-import os
 from typing import NamedTuple, Optional, Tuple
 
 import torch
@@ -51,6 +55,7 @@ except Exception:  # pragma: no cover - exercised only where triton is missing
 
 __all__ = [
     "HAS_TRITON",
+    "KERNEL_INTERPRETED",
     "MAX_TRITON_DIM",
     "NearestCode",
     "STEOutput",
@@ -64,9 +69,9 @@ __all__ = [
     "triton_launch_count",
 ]
 
-#: Largest feature dimension the fused kernel handles (the z tile of BLOCK_N x next_pow2(D) lives in
-#: registers). Larger D falls back to the reference, which has identical semantics.
-MAX_TRITON_DIM = 1024
+#: Largest feature dimension the fused kernel handles (the z tile of BLOCK_N x next_pow2(D) stays
+#: on chip for the whole codebook sweep). Larger D falls back to the reference (same semantics).
+MAX_TRITON_DIM = 512
 
 #: Default bound on the number of fp32 score elements the chunked reference holds at once (64 MiB).
 DEFAULT_MAX_BLOCK_ELEMS = 1 << 24
@@ -95,7 +100,8 @@ def triton_launch_count() -> int:
 
 
 def _interpret_enabled() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+    """Whether the kernel runs in Triton's interpreter (fixed when this module was imported)."""
+    return KERNEL_INTERPRETED
 
 
 def _check_inputs(z: Tensor, codebook: Tensor) -> None:
@@ -142,7 +148,7 @@ def nearest_code_reference(
     z: Tensor,
     codebook: Tensor,
     *,
-    codebook_sq_norms_: Optional[Tensor] = None,
+    code_sq_norms: Optional[Tensor] = None,
     max_block_elems: int = DEFAULT_MAX_BLOCK_ELEMS,
 ) -> NearestCode:
     """Memory-lean fp32 reference: ``argmin_k (||e_k||^2 - 2 z.e_k)`` chunked over N.
@@ -154,7 +160,7 @@ def nearest_code_reference(
     Args:
         z: ``[N, D]`` floating-point inputs.
         codebook: ``[K, D]`` floating-point codes.
-        codebook_sq_norms_: optional precomputed :func:`codebook_sq_norms` (fp32 ``[K]``).
+        code_sq_norms: optional precomputed :func:`codebook_sq_norms` (fp32 ``[K]``).
         max_block_elems: bound on the score block size (elements).
 
     Returns:
@@ -167,7 +173,7 @@ def nearest_code_reference(
     k = codebook.shape[0]
     if n == 0:
         return _empty_result(z, codebook)
-    norms = codebook_sq_norms(codebook) if codebook_sq_norms_ is None else codebook_sq_norms_.float()
+    norms = codebook_sq_norms(codebook) if code_sq_norms is None else code_sq_norms.float()
     cb32 = codebook.float()
     cb32_t = cb32.t()
     rows = max(1, int(max_block_elems) // k)
@@ -287,32 +293,62 @@ if HAS_TRITON:
     def _next_pow2(x: int) -> int:
         return 1 << max(0, int(x) - 1).bit_length()
 
-    # Small autotune space. BLOCK_N trades codebook re-reads (bigger is better, each program
-    # re-streams the codebook from L2) against registers (the z tile is BLOCK_N x BLOCK_D).
+    # Small autotune space. BLOCK_N trades codebook re-reads (each program re-streams the whole
+    # codebook from L2, so bigger is better) against registers/SMEM (the z tile is BLOCK_N x BLOCK_D).
+    # Tiny codebooks (K <= 16) only keep the BLOCK_K=16 entries; large D keeps the small tiles.
     _AUTOTUNE_CONFIGS = [
         triton.Config({"BLOCK_N": 128, "BLOCK_K": 16}, num_warps=4, num_stages=2),
         triton.Config({"BLOCK_N": 256, "BLOCK_K": 16}, num_warps=8, num_stages=2),
+        triton.Config({"BLOCK_N": 32, "BLOCK_K": 16}, num_warps=4, num_stages=2),
+        triton.Config({"BLOCK_N": 512, "BLOCK_K": 16}, num_warps=8, num_stages=2),
         triton.Config({"BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
         triton.Config({"BLOCK_N": 128, "BLOCK_K": 32}, num_warps=4, num_stages=3),
         triton.Config({"BLOCK_N": 128, "BLOCK_K": 64}, num_warps=4, num_stages=3),
         triton.Config({"BLOCK_N": 128, "BLOCK_K": 64}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_N": 256, "BLOCK_K": 64}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_N": 128, "BLOCK_K": 128}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_N": 32, "BLOCK_K": 64}, num_warps=4, num_stages=2),
     ]
 
     # Register budget for the z tile (elements of BLOCK_N x BLOCK_D held per program).
     _MAX_Z_TILE_ELEMS = 256 * 128
+    _smem_limit_cache: dict = {}
+
+    def _smem_limit() -> int:
+        """Opt-in shared memory per block of the current GPU (bytes); 160 KiB when unknown."""
+        try:
+            dev = torch.cuda.current_device()
+        except Exception:
+            return 160 * 1024
+        if dev not in _smem_limit_cache:
+            try:
+                props = triton.runtime.driver.active.utils.get_device_properties(dev)
+                _smem_limit_cache[dev] = int(props["max_shared_mem"])
+            except Exception:
+                _smem_limit_cache[dev] = 160 * 1024
+        return _smem_limit_cache[dev]
+
+    def _smem_estimate(block_n: int, block_k: int, block_d: int, stages: int, elt: int) -> int:
+        # Fitted to Triton 3.9 sm_90 builds of this kernel: the z tile is staged once, the codebook
+        # tile is multi-buffered (stages - 1 copies).
+        return elt * (block_n * block_d + block_d * block_k * max(1, stages - 1))
 
     def _prune_configs(configs, named_args, **kwargs):
         k = int(named_args["K"])
         block_d = int(kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 16)))
+        dot_dtype = kwargs.get("DOT_DTYPE", named_args.get("DOT_DTYPE"))
+        elt = max(2, getattr(dot_dtype, "primitive_bitwidth", 32) // 8)
         k_cap = max(16, _next_pow2(k))
-        kept = [
-            c
-            for c in configs
-            if c.kwargs["BLOCK_K"] <= k_cap and c.kwargs["BLOCK_N"] * block_d <= _MAX_Z_TILE_ELEMS
-        ]
+        smem = _smem_limit()
+
+        def fits(c):
+            bn, bk = c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
+            return (
+                bk <= k_cap
+                and bn * block_d <= _MAX_Z_TILE_ELEMS
+                and _smem_estimate(bn, bk, block_d, c.num_stages, elt) <= smem
+            )
+
+        kept = [c for c in configs if fits(c)]
         if not kept:  # always leave one: the smallest tile
             kept = [min(configs, key=lambda c: (c.kwargs["BLOCK_N"] * block_d, c.kwargs["BLOCK_K"]))]
         return kept
@@ -323,31 +359,9 @@ if HAS_TRITON:
         prune_configs_by={"early_config_prune": _prune_configs},
     )(_nearest_code_kernel)
 
-    _kernel_cache: dict = {}
-
     def _get_kernel(interpret: bool):
-        """The kernel object for the requested mode.
-
-        ``triton.jit`` decides compiled vs interpreted when the module is imported, from
-        ``TRITON_INTERPRET``; this builds the other flavour on demand so that the env var may be set
-        or cleared after import (e.g. by a test fixture).
-        """
-        from triton.runtime.interpreter import InterpretedFunction
-
-        is_interp = isinstance(_nearest_code_kernel, InterpretedFunction)
-        if interpret == is_interp:
-            return _nearest_code_kernel if interpret else _nearest_code_kernel_autotuned
-        if interpret not in _kernel_cache:
-            raw = _nearest_code_kernel.fn
-            if interpret:
-                _kernel_cache[interpret] = InterpretedFunction(raw)
-            else:
-                _kernel_cache[interpret] = triton.autotune(
-                    configs=_AUTOTUNE_CONFIGS,
-                    key=["K", "D"],
-                    prune_configs_by={"early_config_prune": _prune_configs},
-                )(triton.runtime.jit.JITFunction(raw))
-        return _kernel_cache[interpret]
+        """The launchable kernel: the plain (interpreted) kernel or the autotuned compiled one."""
+        return _nearest_code_kernel if interpret else _nearest_code_kernel_autotuned
 
     _TL_DTYPES = {
         torch.float32: tl.float32,
@@ -356,14 +370,28 @@ if HAS_TRITON:
     }
 
 
+def _is_interpreted_kernel() -> bool:
+    if not HAS_TRITON:
+        return False
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except Exception:  # pragma: no cover - Triton layout changed
+        return False
+    return isinstance(_nearest_code_kernel, InterpretedFunction)
+
+
+#: True when Triton was imported with ``TRITON_INTERPRET=1``: the kernel then runs in Triton's numpy
+#: interpreter (CPU or CUDA tensors). Fixed at import time.
+KERNEL_INTERPRETED: bool = _is_interpreted_kernel()
+
+
 @torch.no_grad()
 def nearest_code_triton(
     z: Tensor,
     codebook: Tensor,
     *,
-    codebook_sq_norms_: Optional[Tensor] = None,
+    code_sq_norms: Optional[Tensor] = None,
     allow_tf32: bool = False,
-    interpret: Optional[bool] = None,
 ) -> NearestCode:
     """Fused Triton nearest-code lookup (see module docstring for semantics).
 
@@ -374,9 +402,8 @@ def nearest_code_triton(
     Args:
         z: ``[N, D]`` float32/float16/bfloat16 (any strides).
         codebook: ``[K, D]`` float32/float16/bfloat16 (any strides), same device as z.
-        codebook_sq_norms_: optional precomputed fp32 ``[K]`` code norms (:func:`codebook_sq_norms`).
+        code_sq_norms: optional precomputed fp32 ``[K]`` code norms (:func:`codebook_sq_norms`).
         allow_tf32: let fp32 dots use TF32 tensor cores (faster, loses exact fp32 agreement).
-        interpret: force (True) or forbid (False) the Triton interpreter; default: ``TRITON_INTERPRET``.
 
     Raises:
         RuntimeError: Triton is not installed, or z is on CPU without the interpreter, or D exceeds
@@ -386,9 +413,12 @@ def nearest_code_triton(
     if not HAS_TRITON:
         raise RuntimeError("nearest_code_triton needs Triton (pip install triton)")
     _check_inputs(z, codebook)
-    interpret = _interpret_enabled() if interpret is None else bool(interpret)
+    interpret = _interpret_enabled()
     if not interpret and not z.is_cuda:
-        raise RuntimeError("the compiled Triton kernel needs CUDA tensors; set TRITON_INTERPRET=1 for CPU")
+        raise RuntimeError(
+            "the compiled Triton kernel needs CUDA tensors; for CPU export TRITON_INTERPRET=1 before "
+            "importing kernels.codebook"
+        )
     n, d = z.shape
     k = codebook.shape[0]
     if d > MAX_TRITON_DIM:
@@ -400,10 +430,10 @@ def nearest_code_triton(
     codebook = codebook.detach()
     if n == 0:
         return _empty_result(z, codebook)
-    norms = codebook_sq_norms(codebook) if codebook_sq_norms_ is None else codebook_sq_norms_
+    norms = codebook_sq_norms(codebook) if code_sq_norms is None else code_sq_norms
     norms = norms.detach().to(device=z.device, dtype=torch.float32).contiguous()
     if norms.shape != (k,):
-        raise ValueError(f"codebook_sq_norms_ must have shape ({k},), got {tuple(norms.shape)}")
+        raise ValueError(f"code_sq_norms must have shape ({k},), got {tuple(norms.shape)}")
 
     ids = torch.empty(n, dtype=torch.int64, device=z.device)
     quantized = torch.empty(n, d, dtype=codebook.dtype, device=z.device)
@@ -437,7 +467,15 @@ def nearest_code_triton(
     else:
         with torch.cuda.device(z.device):
             grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-            kernel[grid](*args, BLOCK_D=block_d, DOT_DTYPE=_TL_DTYPES[dot_dtype], INPUT_PRECISION=precision)
+            kernel[grid](
+                *args,
+                BLOCK_D=block_d,
+                DOT_DTYPE=_TL_DTYPES[dot_dtype],
+                INPUT_PRECISION=precision,
+                # Explicit (silences Triton 3.9's default-change warning). Fusion is harmless here:
+                # ||e||^2 - 2 z.e is exact under FMA because the factor 2 is a power of two.
+                enable_fp_fusion=True,
+            )
     _launches += 1
     return NearestCode(ids, quantized, sq_err)
 
@@ -459,7 +497,7 @@ def nearest_code(
     z: Tensor,
     codebook: Tensor,
     *,
-    codebook_sq_norms_: Optional[Tensor] = None,
+    code_sq_norms: Optional[Tensor] = None,
     backend: str = "auto",
 ) -> NearestCode:
     """Nearest code for every row of ``z``: ``(ids int64 [N], quantized [N, D], sq_err fp32 [N])``.
@@ -471,9 +509,9 @@ def nearest_code(
     if backend == "auto":
         backend = resolve_backend(z, codebook)
     if backend == "triton":
-        return nearest_code_triton(z, codebook, codebook_sq_norms_=codebook_sq_norms_)
+        return nearest_code_triton(z, codebook, code_sq_norms=code_sq_norms)
     if backend == "reference":
-        return nearest_code_reference(z, codebook, codebook_sq_norms_=codebook_sq_norms_)
+        return nearest_code_reference(z, codebook, code_sq_norms=code_sq_norms)
     if backend == "naive":
         return nearest_code_naive(z, codebook)
     raise ValueError(f"unknown backend {backend!r}; expected auto, triton, reference or naive")
@@ -564,7 +602,9 @@ def quantize_straight_through(
         backend: forwarded to :func:`nearest_code`.
 
     Returns:
-        :class:`STEOutput` ``(quantized, ids, loss, codebook_loss, commitment_loss)``.
+        :class:`STEOutput` ``(quantized, ids, loss, codebook_loss, commitment_loss)``. The two terms
+        are returned separately so other weightings compose from them (e.g. taming/Moto
+        ``legacy=True``: ``commitment_loss + beta * codebook_loss``).
     """
     if z.dim() < 1 or z.shape[-1] != codebook.shape[-1]:
         raise ValueError(f"z must be [..., D] with D={codebook.shape[-1]}, got {tuple(z.shape)}")

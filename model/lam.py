@@ -11,8 +11,7 @@ The LAM module owns no parameters directly; every parameter lives in a submodule
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -117,9 +116,8 @@ class PixelDecoder(nn.Module):
         return unpatchify(self.head(self.norm(x)), self.patch_size)
 
 
-@dataclass
-class LatentActions:
-    """What :meth:`LatentActionModel.encode` returns."""
+class LatentActions(NamedTuple):
+    """What :meth:`LatentActionModel.encode` returns (a NamedTuple so ZeRO-3 can hook its tensors)."""
 
     continuous: Tensor
     """Pre-quantization tanh latent [B,Q,Dl] (LARA's alignment target)."""
@@ -129,7 +127,7 @@ class LatentActions:
     """Straight-through quantized latent [B,Q,Dl]."""
     vq_loss: Tensor
     """Codebook + beta * commitment loss (0-dim)."""
-    metrics: dict[str, Tensor] = field(default_factory=dict)
+    metrics: dict[str, Tensor]
     """Quantizer metrics (perplexity, active codes, ...)."""
 
 

@@ -17,8 +17,7 @@ The optimizer's moments for restarted rows are stale; that is tolerated (Adam re
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -32,9 +31,8 @@ def _identity(x: Tensor) -> Tensor:
     return x
 
 
-@dataclass
-class QuantizerOutput:
-    """Result of :meth:`VectorQuantizer.forward`."""
+class QuantizerOutput(NamedTuple):
+    """Result of :meth:`VectorQuantizer.forward` (a NamedTuple: ZeRO-3 hooks its tensors for backward)."""
 
     quantized: Tensor
     """Straight-through quantized vectors, same shape as the input (forward = code, grad -> z)."""
@@ -42,7 +40,7 @@ class QuantizerOutput:
     """Code index per vector, input shape without the last dim."""
     loss: Tensor
     """Codebook + beta * commitment loss (0-dim, fp32)."""
-    metrics: dict[str, Tensor] = field(default_factory=dict)
+    metrics: dict[str, Tensor]
     """Detached 0-dim metrics: perplexity, active codes (this step, across ranks via reduce_fn)."""
 
 
@@ -79,7 +77,11 @@ class VectorQuantizer(nn.Module):
         # fp32 whatever the surrounding autocast: distances and the commitment loss are precision-sensitive.
         with torch.autocast(device_type=z.device.type, enabled=False):
             flat = z.float().reshape(-1, self.code_dim)
-            ids, q, _ = self.lookup_fn(flat, self.codebook.float())
+            codebook = self.codebook.float()
+            ids = self.lookup_fn(flat, codebook)[0]
+            # Re-gather so the codebook gradient never depends on the lookup backend
+            # (a fused kernel may return non-differentiable codes).
+            q = F.embedding(ids, codebook)
             codebook_loss = F.mse_loss(q, flat.detach())
             commit_loss = F.mse_loss(flat, q.detach())
             loss = codebook_loss + self.beta * commit_loss
@@ -125,8 +127,9 @@ class VectorQuantizer(nn.Module):
         n_dead = int(dead.sum())
         cand = self.recent_z if candidates is None else candidates.detach().float().reshape(-1, self.code_dim)
         if n_dead and cand.shape[0]:
-            pick = torch.randint(0, cand.shape[0], (n_dead,), generator=generator, device="cpu").to(cand.device)
-            noise = torch.randn(n_dead, self.code_dim, generator=generator, device="cpu").to(cand.device)
+            dev = generator.device if generator is not None else "cpu"
+            pick = torch.randint(0, cand.shape[0], (n_dead,), generator=generator, device=dev).to(cand.device)
+            noise = torch.randn(n_dead, self.code_dim, generator=generator, device=dev).to(cand.device)
             scale = self.restart_noise * cand.std().clamp_min(1e-6)
             self.codebook.data[dead.to(self.codebook.device)] = (cand[pick] + scale * noise).to(self.codebook.dtype)
         else:

@@ -18,6 +18,7 @@ from trainer.config import PretrainConfig
 from trainer.config_io import dump_config
 from trainer.deepspeed_config import build_deepspeed_config, gradient_accumulation_steps, parameter_groups
 from trainer.metrics import MetricAccumulator, MetricsSink
+from trainer.model_hooks import QuantizerHooks
 from trainer.signals import PreemptionFlag
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
     engine, _, _, scheduler = deepspeed.initialize(
         model=model, model_parameters=parameter_groups(model, cfg.optim.weight_decay), config=ds_config)
     device = engine.device
+    quantizer_hooks = QuantizerHooks(engine.module, cfg.trainer.zero.stage)
 
     ckpt = CheckpointManager(run_dir, cfg.checkpoint.keep_last)
     start_step = 0
@@ -131,6 +133,7 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
                 engine.step()
                 acc.add({"loss": loss, **metrics})
             data.client.step_done()
+            acc.add(quantizer_hooks.after_step())
             step += 1
             window_steps += 1
 

@@ -1,0 +1,53 @@
+"""Shared test helpers: launching real multi-rank DeepSpeed jobs on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_deepspeed(args: list[str], num_ranks: int, timeout: int = 600, env: dict | None = None,
+                  check: bool = True) -> subprocess.CompletedProcess:
+    """``deepspeed --num_gpus N launcher/pretrain.py ARGS`` on CPU, with a private port."""
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(num_ranks),
+           "--master_port", str(free_port()), str(REPO / "launcher" / "pretrain.py"), *args]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", **(env or {})}
+    proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"deepspeed run failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def tiny_world_args(tmp_path_factory) -> list[str]:
+    """Overrides that shrink the quickstart to a seconds-long job on a private synthetic dataset."""
+    root = tmp_path_factory.mktemp("synthetic")
+    return [
+        "--config", str(REPO / "configs" / "quickstart.yaml"),
+        f"--data.synthetic.root={root}",
+        "--data.synthetic.train_episodes=8",
+        "--data.synthetic.val_episodes=2",
+        "--data.synthetic.episode_length=16",
+        f"--data.datasets=[{{name: synthetic_world, path: {root}/synthetic_world/1.0.0, split: train, weight: 1.0}}]",
+        "--trainer.global_batch_size=8",
+        "--trainer.micro_batch_size=4",
+        "--trainer.log_every=1",
+    ]

@@ -1,0 +1,47 @@
+import torch
+
+from model_test_utils import IMAGE, random_batch, tiny_lam_config
+from model.config import FrameEncoderConfig
+from model.lam import LatentActionModel
+
+
+def test_encode_decode_shapes_and_token_types():
+    torch.manual_seed(0)
+    lam = LatentActionModel(tiny_lam_config())
+    b = random_batch(3)
+    lat = lam.encode(b["image_primary"], b["image_future"])
+    assert lat.continuous.shape == (3, 4, 8) and lat.quantized.shape == (3, 4, 8) and lat.ids.shape == (3, 4)
+    assert lat.ids.dtype == torch.long and lat.vq_loss.dim() == 0
+    assert lat.continuous.requires_grad
+    img = lam.decode(b["image_primary"], lat.quantized)
+    assert img.shape == (3, 3, IMAGE, IMAGE) and img.dtype == torch.float32
+    # The two frames carry different token types (Moto's legacy code used type 0 for both).
+    n = lam.encoder.num_tokens
+    types = lam.mformer.type_ids
+    assert set(types[4 : 4 + n].tolist()) == {1} and set(types[-n:].tolist()) == {2}
+    assert list(lam.parameters(recurse=False)) == []  # ZeRO-3: parameters only in submodules
+
+
+def test_frozen_frame_encoder():
+    lam = LatentActionModel(tiny_lam_config(encoder=FrameEncoderConfig(dim=32, depth=1, heads=2, frozen=True)))
+    assert not any(p.requires_grad for p in lam.encoder.parameters())
+    loss, _ = lam(random_batch(2))
+    loss.backward()
+    assert all(p.grad is None for p in lam.encoder.parameters())
+    assert lam.mformer.queries.grad is not None
+
+
+def test_a_few_steps_reduce_reconstruction_loss():
+    torch.manual_seed(0)
+    lam = LatentActionModel(tiny_lam_config())
+    b = random_batch(8, seed=1)
+    opt = torch.optim.Adam(lam.parameters(), lr=2e-3)
+    recon = []
+    for _ in range(15):
+        loss, metrics = lam(b)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        recon.append(float(metrics["loss/lam_recon"]))
+    assert set(metrics) >= {"loss/lam", "loss/lam_recon", "loss/vq", "lam/perplexity", "lam/active_codes"}
+    assert recon[-1] < 0.8 * recon[0], recon
