@@ -7,14 +7,19 @@
 TFDS metadata has episodes per shard but not steps per episode, so the first use of a split walks
 its shards once and caches an index (record byte offsets + step counts) as JSON keyed by a hash of
 the shard files' names, sizes and mtimes; later reads are one seek per episode.
+
+A corrupt record does not poison the split: the index marks it bad (length 0, so a sample plan
+never draws from it) and keeps the reason. ``strict=True`` (``on_bad_sample: error``) raises the
+first such problem as a DataError; ``strict=False`` logs it and reads the rest.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +31,10 @@ from data_service.splits import SplitRange, resolve_split
 from data_service.tfds_meta import DatasetInfo, FeatureSpec, parse_dataset_info, parse_features, read_json
 from data_service.tfrecord import iter_records, read_record_at
 
-INDEX_VERSION = 1
-_COUNT_PRIORITY = ("steps/is_first", "steps/is_last", "steps/reward", "steps/discount", "steps/action")
+log = logging.getLogger(__name__)
 
-StepValue = "np.ndarray | list[bytes]"
+INDEX_VERSION = 2
+_COUNT_PRIORITY = ("steps/is_first", "steps/is_last", "steps/reward", "steps/discount", "steps/action")
 
 
 @dataclass
@@ -59,15 +64,18 @@ class ShardIndex:
     offsets: np.ndarray
     """int64 byte offset of each record."""
     lengths: np.ndarray
-    """int64 step count of each record."""
+    """int64 step count of each record (0 for bad records)."""
+    bad: dict[int, str]
+    """Record index -> why it is unreadable (CRC, truncation, parse error)."""
 
+    def to_dict(self) -> dict[str, object]:
+        return {"file": self.file.name, "offsets": self.offsets.tolist(), "lengths": self.lengths.tolist(),
+                "bad": {str(k): v for k, v in self.bad.items()}}
 
-@dataclass
-class _SplitView:
-    """A resolved split expression: per selected episode, (shard index, record index)."""
-
-    ranges: list[SplitRange]
-    shard_of: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    @classmethod
+    def from_dict(cls, root: Path, d: dict[str, object]) -> ShardIndex:
+        return cls(root / str(d["file"]), np.asarray(d["offsets"], np.int64), np.asarray(d["lengths"], np.int64),
+                   {int(k): str(v) for k, v in dict(d.get("bad", {})).items()})  # type: ignore[arg-type]
 
 
 def _decode_numeric(spec: FeatureSpec, value: FeatureValue, n: int | None) -> np.ndarray:
@@ -75,7 +83,10 @@ def _decode_numeric(spec: FeatureSpec, value: FeatureValue, n: int | None) -> np
     if spec.encoding in ("bytes", "zlib"):
         items = value if isinstance(value, list) else []
         dtype = np.dtype(spec.dtype)
-        arrs = [np.frombuffer(zlib.decompress(b) if spec.encoding == "zlib" else b, dtype=dtype) for b in items]
+        try:
+            arrs = [np.frombuffer(zlib.decompress(b) if spec.encoding == "zlib" else b, dtype=dtype) for b in items]
+        except (zlib.error, ValueError) as e:
+            raise DataError(f"cannot decode {spec.encoding}-encoded {spec.dtype} tensor: {e}", field=spec.key) from e
         flat = np.concatenate(arrs) if arrs else np.zeros(0, dtype)
     else:
         if isinstance(value, list):
@@ -102,8 +113,9 @@ def _decode_numeric(spec: FeatureSpec, value: FeatureValue, n: int | None) -> np
 class RLDSDataset:
     """A TFDS-layout RLDS dataset directory (``<data_dir>/<name>/<version>``)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, strict: bool = True) -> None:
         self.path = Path(path)
+        self.strict = strict
         info_path, feat_path = self.path / "dataset_info.json", self.path / "features.json"
         self._info_raw = read_json(info_path)
         self._features_raw = read_json(feat_path)
@@ -168,30 +180,57 @@ class RLDSDataset:
         candidates = cache_candidates(self.path, f".lavla_episode_index.{split}.json")
         cached = load_json_cache(candidates, fingerprint)
         if cached is not None:
-            shards = [ShardIndex(self.path / s["file"], np.asarray(s["offsets"], np.int64), np.asarray(s["lengths"], np.int64))
-                      for s in cached["shards"]]
+            shards = [ShardIndex.from_dict(self.path, s) for s in cached["shards"]]
         else:
             shards = [self._index_shard(p, n) for p, n in zip(self.shard_paths(split), self.info.splits[split].shard_lengths)]
-            store_json_cache(candidates, {
-                "fingerprint": fingerprint,
-                "shards": [{"file": s.file.name, "offsets": s.offsets.tolist(), "lengths": s.lengths.tolist()} for s in shards],
-            })
+            store_json_cache(candidates, {"fingerprint": fingerprint, "shards": [s.to_dict() for s in shards]})
         self._index[split] = shards
+        bad = self._bad_errors(split, shards)
+        if bad:
+            if self.strict:
+                raise bad[0]
+            log.warning("%s split %r: %d unreadable episodes are skipped; first: %s", self.path, split, len(bad), bad[0])
         return shards
 
+    def _bad_errors(self, split: str, shards: list[ShardIndex]) -> list[DataError]:
+        out, first = [], 0
+        for shard in shards:
+            for rec, reason in sorted(shard.bad.items()):
+                out.append(DataError(reason, file=shard.file, record=rec, episode=first + rec))
+            first += len(shard.lengths)
+        return out
+
     def _index_shard(self, path: Path, expected: int) -> ShardIndex:
-        offsets, lengths = [], []
-        for rec, (offset, payload) in enumerate(iter_records(path)):
-            try:
-                lengths.append(self._count_steps(decode_example(payload)))
-            except DataError as e:
-                raise e.located(file=path) from None
-            except Exception as e:  # protobuf DecodeError and friends: a corrupt payload
-                raise DataError(f"record {rec} is not a valid tf.train.Example ({e})", file=path) from e
-            offsets.append(offset)
-        if len(offsets) != expected:
+        """One pass over a shard: offsets + step counts; bad records are recorded, not raised."""
+        offsets: list[int] = []
+        lengths: list[int] = []
+        bad: dict[int, str] = {}
+        try:
+            for rec, (offset, payload) in enumerate(iter_records(path)):
+                offsets.append(offset)
+                try:
+                    lengths.append(self._count_steps(decode_example(payload)))
+                except Exception as e:  # a parse error or a shape error: this record only
+                    lengths.append(0)
+                    bad[rec] = (f"field {e.field!r}: {e.reason}" if isinstance(e, DataError) and e.field
+                                else f"not a valid tf.train.Example ({e})")
+        except DataError as e:  # framing lost (bad length CRC, truncation): the rest is unreachable
+            bad[len(offsets)] = e.reason
+            offsets.append(-1)
+            lengths.append(0)
+        except FileNotFoundError:
+            bad[0] = "shard file is missing"
+        if len(offsets) > expected:
             raise DataError(f"shard has {len(offsets)} episodes, dataset_info.json says {expected}", file=path)
-        return ShardIndex(path, np.asarray(offsets, np.int64), np.asarray(lengths, np.int64))
+        if len(offsets) < expected:
+            if not bad:
+                raise DataError(f"shard has {len(offsets)} episodes, dataset_info.json says {expected}", file=path)
+            first_missing = len(offsets)
+            for rec in range(first_missing, expected):
+                bad.setdefault(rec, f"unreachable after the damage at record {min(bad)}")
+            offsets += [-1] * (expected - first_missing)
+            lengths += [0] * (expected - first_missing)
+        return ShardIndex(path, np.asarray(offsets, np.int64), np.asarray(lengths, np.int64), bad)
 
     def _count_steps(self, ex: dict[str, FeatureValue]) -> int:
         steps = self.step_features
@@ -237,6 +276,8 @@ class RLDSDataset:
     def read_episode(self, split: str, i: int) -> RawEpisode:
         """Episode ``i`` of a split expression (one seek + one parse)."""
         shard, rec = self._locate(split, i)
+        if rec in shard.bad:
+            raise DataError(shard.bad[rec], file=shard.file, episode=i, record=rec)
         try:
             with open(shard.file, "rb") as f:
                 payload = read_record_at(f, int(shard.offsets[rec]), path=shard.file, index=rec)

@@ -26,12 +26,14 @@ EpisodeDict = Mapping[str, "np.ndarray | list[bytes] | list[str] | str | bytes"]
 """One episode as flat keys -> values: step features stacked over T (images already encoded)."""
 
 
-def encode_image(image: np.ndarray, fmt: str = "png", *, quality: int = 95) -> bytes:
-    """HWC uint8 (or HW) image -> PNG / JPEG bytes (deterministic for a given input)."""
+def encode_image(image: np.ndarray, fmt: str = "png", *, quality: int = 95, png_level: int = 1) -> bytes:
+    """HWC uint8 (or HW) image -> PNG / JPEG bytes (deterministic for a given input).
+
+    PNG level 1 is ~5x faster than the default 6 for ~15% more bytes: build time matters more here."""
     buf = io.BytesIO()
     img = Image.fromarray(np.ascontiguousarray(image))
     if fmt == "png":
-        img.save(buf, format="PNG", compress_level=6)
+        img.save(buf, format="PNG", compress_level=png_level)
     elif fmt in ("jpeg", "jpg"):
         img.save(buf, format="JPEG", quality=quality)
     else:
