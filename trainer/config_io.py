@@ -78,7 +78,7 @@ def _valid_keys(cls: type, chosen_types: dict[str, str], prefix: str = "") -> li
             keys.append(f"{path}.type")
             chosen = chosen_types.get(path)
             if chosen is None and f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-                chosen = draccus.ChoiceRegistry.get_choice_name(type(f.default_factory()))  # type: ignore[misc]
+                chosen = tp.get_choice_name(type(f.default_factory()))  # type: ignore[misc]
             keys += _valid_keys(_choice_class(tp, chosen), chosen_types, prefix=f"{path}.")
         elif dataclasses.is_dataclass(tp):
             keys += _valid_keys(tp, chosen_types, prefix=f"{path}.")
@@ -132,6 +132,16 @@ def _check_cli_keys(cli: list[str], valid: set[str], valid_list: list[str]) -> N
             raise ConfigError(f"command line: unknown config key '{key}'{_suggest(key, valid_list)}")
 
 
+def _root_message(e: BaseException) -> str:
+    """draccus wraps a field's own validation error ("Couldn't instantiate ..."); show the cause."""
+    msgs = [str(e)]
+    while e.__cause__ is not None or e.__context__ is not None:
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+        msgs.append(str(e))
+    useful = [m for m in msgs if m and "Couldn't instantiate" not in m]
+    return useful[0] if useful else msgs[0]
+
+
 def load_config(argv: Sequence[str]) -> PretrainConfig:
     """Build the run config from ``--config FILE`` plus ``--a.b=value`` overrides.
 
@@ -160,7 +170,7 @@ def load_config(argv: Sequence[str]) -> PretrainConfig:
     try:
         cfg = draccus.parse(PretrainConfig, config_path=config_path, args=cli)
     except (DecodingError, ParsingError, ValueError, TypeError) as e:
-        msg = str(e)
+        msg = _root_message(e)
         origin = "command line" if any(k in msg for k in cli_keys) else source
         raise ConfigError(f"{origin}: {msg}") from e
     return cfg

@@ -6,12 +6,17 @@ writer produced (the synthetic world), and our reader reads what TFDS built.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+# TensorFlow and torch training in one process abort (thread-pool clash), so these tests run in
+# a child pytest started by test_tfds_compat_driver.py.
+if os.environ.get("LAVLA_TF_SUBPROCESS") != "1":
+    pytest.skip("runs in a child process via test_tfds_compat_driver.py", allow_module_level=True)
 tfds = pytest.importorskip("tensorflow_datasets")
 
 from data_service.config import DataConfig, DatasetEntry  # noqa: E402
