@@ -12,11 +12,15 @@ class DatasetEntry:
     name: str = "synthetic_world"
     """Registry name of the dataset (standardization, frame stride, gripper convention)."""
     path: str = ".cache/data/synthetic_world/synthetic_world/1.0.0"
-    """Directory of the TFDS build (holds dataset_info.json, features.json, *.tfrecord-*)."""
+    """RLDS: the TFDS build directory (dataset_info.json, features.json, *.tfrecord-*); video: the clips directory."""
     weight: float = 1.0
     """Mixture weight; the effective share is weight x transitions, normalized (OpenVLA/Octo)."""
     split: str = "train"
-    """TFDS split expression, e.g. ``train``, ``train[:95%]``."""
+    """Split expression, e.g. ``train``, ``train[:95%]``, ``train[:95%]+val`` (TFDS semantics)."""
+    annotations: str = ""
+    """Video datasets: annotation file (SSv2 JSON or ``path,instruction`` CSV); empty finds it under ``path``."""
+    frame_cache: str = ""
+    """Video datasets: zarr frame cache from ``python -m data_service.prepare``; empty uses ``<path>/frames.zarr`` if present."""
 
 
 @dataclass
@@ -70,9 +74,26 @@ class DataConfig:
     plan_block_size: int = 4096
     """Mixture block: every block of this many global samples holds each dataset's exact quota."""
     num_workers: int = 0
-    """Decode workers; 0 decodes in the trainer process (identical sample sequence)."""
+    """Ray decoder actors shared by all ranks; 0 decodes in a thread of each trainer process. Every
+    value (and any change of it on resume) gives the identical sample sequence."""
     prefetch_batches: int = 2
-    """Batches decoded ahead of the trainer per rank."""
+    """Micro batches decoded ahead of the trainer per rank (bounds in-flight requests and memory)."""
+    ray_address: str = ""
+    """Ray cluster the ranks attach to (``auto`` or ``host:port``); empty: the local leader starts a
+    private local Ray instance that the other ranks of its node join (``num_workers > 0`` only)."""
+    ray_namespace: str = "lavla-data"
+    """Ray namespace holding the named decoder actors."""
+    service_name: str = ""
+    """Name of the decoder service (actors ``<name>/decoder-<i>``); ranks naming the same service
+    share it. Empty: derived from the run's rendezvous and the plan, so runs never share one."""
+    actor_lifetime: str = "job"
+    """``job``: decoders die with the trainer; ``detached``: they outlive it (a long-lived service,
+    removed with ``python -m data_service.ray_service --shutdown NAME``)."""
+    worker_cpus: float = 1.0
+    """CPUs Ray reserves per decoder actor."""
+    max_request_retries: int = 5
+    """Times one decode request is re-issued after its decoder died before the run fails (stops a
+    sample that crashes its decoder every time from looping forever)."""
     log_sample_ids: bool = False
     """Write ``samples.jsonl`` (step, rank, sample id) into the run dir for exact-resume checks."""
     allow_new_plan: bool = False
@@ -89,5 +110,13 @@ class DataConfig:
             raise ValueError(f"data.on_bad_sample must be 'error' or 'skip', got {self.on_bad_sample!r}")
         if self.action_horizon < 1:
             raise ValueError(f"data.action_horizon must be >= 1, got {self.action_horizon}")
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.actor_lifetime not in ("job", "detached"):
+            raise ValueError(f"data.actor_lifetime must be 'job' or 'detached', got {self.actor_lifetime!r}")
+        if not self.worker_cpus > 0:
+            raise ValueError(f"data.worker_cpus must be > 0, got {self.worker_cpus}")
+        if self.max_request_retries < 0:
+            raise ValueError(f"data.max_request_retries must be >= 0, got {self.max_request_retries}")
         if not self.datasets:
             raise ValueError("data.datasets is empty: the mixture needs at least one dataset")

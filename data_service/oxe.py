@@ -28,6 +28,7 @@ EMBODIMENTS: dict[str, int] = {
     "fanuc": 10,
     "hello_stretch": 11,
     "libero_panda": 12,
+    "human": 13,
 }
 """Robot -> ``embodiment_id`` (same robot and EEF_POS action space share a head; max 32)."""
 

@@ -14,7 +14,7 @@ from data_service.dataset_spec import EEF_POS_ABSOLUTE_MASK, EEF_R6_ABSOLUTE_MAS
 from data_service.oxe import EMBODIMENTS, OXE_MIXTURES, OXE_SPECS
 
 __all__ = ["DatasetSpec", "EEF_POS_ABSOLUTE_MASK", "EEF_R6_ABSOLUTE_MASK", "EMBODIMENTS", "MIXTURES",
-           "get_spec", "lam_stride_for", "register", "registered_names"]
+           "VIDEO_SPECS", "get_spec", "lam_stride_for", "register", "registered_names"]
 
 SYNTHETIC_WORLD = DatasetSpec(
     name="synthetic_world",
@@ -31,7 +31,26 @@ SYNTHETIC_WORLD = DatasetSpec(
     version="1.0.0",
 )
 
-_REGISTRY: dict[str, DatasetSpec] = {SYNTHETIC_WORLD.name: SYNTHETIC_WORLD, **{s.name: s for s in OXE_SPECS}}
+
+def _video_spec(name: str, fps: float, *, embodiment: str = "human", lam_stride: int | None = None) -> DatasetSpec:
+    """Action-less human video (``data_service.video``): ``control_hz`` is the nominal frame rate
+    and ``lam_stride`` H at that rate; clips at other rates keep the same H in seconds."""
+    return DatasetSpec(name=name, image_primary_key=None, action_keys=(), action_absolute_mask=(),
+                       proprio_layout="none", control_hz=fps,
+                       lam_stride=lam_stride_for(fps) if lam_stride is None else lam_stride,
+                       embodiment_id=EMBODIMENTS[embodiment], is_video=True, language_key=None)
+
+
+VIDEO_SPECS = [
+    _video_spec("ssv2", 12.0),  # Something-Something v2: .webm at 12 fps; H = 7 frames (0.58 s)
+    _video_spec("ego4d", 30.0),  # Ego4D canonical clips are 30 fps; H = 18 frames (0.6 s)
+    # The synthetic world filmed with a hand instead of the gripper, at its 10 Hz with its H = 3.
+    _video_spec("synthetic_human_video", SYNTHETIC_WORLD.control_hz, lam_stride=SYNTHETIC_WORLD.lam_stride),
+]
+"""Human-video datasets (``is_video``): read by ``data_service.video.VideoSource``."""
+
+_REGISTRY: dict[str, DatasetSpec] = {SYNTHETIC_WORLD.name: SYNTHETIC_WORLD, **{s.name: s for s in OXE_SPECS},
+                                     **{s.name: s for s in VIDEO_SPECS}}
 
 
 def register(spec: DatasetSpec, *, overwrite: bool = False) -> DatasetSpec:
@@ -58,6 +77,7 @@ def registered_names() -> list[str]:
 
 MIXTURES: dict[str, list[tuple[str, float]]] = {
     "synthetic": [("synthetic_world", 1.0)],
+    "synthetic_with_human_video": [("synthetic_world", 1.0), ("synthetic_human_video", 1.0)],
     **OXE_MIXTURES,
 }
 """Named mixtures: (dataset name, weight); share = weight x num_transitions, normalized."""

@@ -126,6 +126,8 @@ def open_source(entry: DatasetEntry, data_cfg: DataConfig) -> EpisodeSource:
     """The source for one mixture entry (registry lookup + on-disk metadata check)."""
     spec = get_spec(entry.name)
     kind = "video" if spec.is_video else "rlds"
+    if kind == "video" and kind not in _OPENERS:
+        import data_service.video  # noqa: F401  (registers the video opener; keeps PyAV off the RLDS path)
     if kind not in _OPENERS:
         raise NotImplementedError(f"{entry.name}: no opener registered for {kind!r} sources")
     if not Path(entry.path).exists():

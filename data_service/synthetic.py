@@ -12,19 +12,27 @@ around the gripper, rotating with it.
 It is the quickstart's data and the test fixture, so it is deterministic per seed (every episode
 has its own RNG stream) and small: the default build takes a few seconds.
 
-CLI: ``python -m data_service.synthetic --out DIR`` writes ``DIR/synthetic_world/1.0.0``.
+The same episodes are also rendered as human-style video (a hand instead of the gripper, no
+action labels): mp4 clips and an annotation CSV under ``DIR/synthetic_human_video`` for the video
+source (:mod:`data_service.video`).
+
+CLI: ``python -m data_service.synthetic --out DIR`` writes ``DIR/synthetic_world/1.0.0`` and
+``DIR/synthetic_human_video`` (``--no-videos`` skips the latter).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import functools
+import importlib.util
 import json
 import os
 import shutil
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +53,8 @@ COLORS: dict[str, tuple[float, float, float]] = {
 TABLE = np.array([0.78, 0.70, 0.57], np.float32)
 JAW = np.array([0.20, 0.20, 0.24], np.float32)
 PALM = np.array([0.55, 0.55, 0.60], np.float32)
+SKIN = np.array([0.88, 0.67, 0.53], np.float32)
+SLEEVE = np.array([0.25, 0.35, 0.55], np.float32)
 
 BLOCK_HALF = 0.11  # world units; the table spans [-1, 1]^2
 GRASP_Z = 0.12  # the gripper reaches blocks below this height
@@ -244,6 +254,35 @@ def render_top(world: World, size: int) -> np.ndarray:
     return cv.to_uint8()
 
 
+def _draw_hand(cv: Canvas, world: World) -> None:
+    """A hand seen from above at the gripper's pose: forearm, palm, four fingers and a thumb that
+    spread with the "gripper" opening (a grasp closes the fist), sized by height like the gripper."""
+    x, y, z, roll, pitch, yaw = (float(v) for v in world.pose)
+    s = _scale(z)
+    wrist = np.array([x, y])
+    cv.disk(wrist + np.array([0.15, -0.15]) * z, 0.15, _BLACK, 0.45 - 0.25 * z, soft=2.0 + 6.0 * z)
+    across = np.array([np.cos(yaw), np.sin(yaw)])
+    ahead = np.array([-np.sin(yaw), np.cos(yaw)]) + 0.6 * np.array([np.sin(pitch), -np.sin(roll)])
+    cv.box(wrist - 0.2 * s * ahead, (0.055 * s, 0.16 * s), yaw, SLEEVE)  # forearm trails behind the palm
+    palm = wrist + 0.03 * s * ahead
+    cv.disk(palm, 0.075 * s, SKIN)
+    spread = 0.35 + 0.65 * world.grip  # fingers fan out when open, curl in when closed
+    reach = (0.06 + 0.07 * world.grip) * s
+    for k in range(4):
+        side = (k - 1.5) * 0.035 * s * (0.6 + spread)
+        cv.box(palm + side * across + (0.07 * s + reach / 2) * ahead, (0.016 * s, reach / 2), yaw, SKIN * 0.92)
+    cv.box(palm + (0.075 + 0.05 * spread) * s * across + 0.02 * s * ahead, (0.05 * s * spread + 0.012, 0.017 * s),
+           yaw, SKIN * 0.88)
+
+
+def render_human(world: World, size: int) -> np.ndarray:
+    """The top camera with a human hand instead of the gripper: uint8 [size, size, 3]."""
+    cv = Canvas(np.zeros(2), 1.0, 0.0, size, top_table=True)
+    _draw_blocks(cv, world)
+    _draw_hand(cv, world)
+    return cv.to_uint8()
+
+
 def render_wrist(world: World, size: int) -> np.ndarray:
     """The wrist camera: looks down around the gripper, rotating with its yaw, zooming out with z."""
     x, y, z, _, _, yaw = (float(v) for v in world.pose)
@@ -410,22 +449,42 @@ class SyntheticEpisode:
     """The episode's instruction."""
 
 
-def generate_episode(seed: int, split: str, index: int, length: int, image_size: int) -> SyntheticEpisode:
-    """Episode ``index`` of ``split``: a pure function of its arguments (own RNG stream)."""
+def _rollout(seed: int, split: str, index: int, length: int) -> tuple[Task, Iterator[tuple[World, np.ndarray]]]:
+    """The episode's task and its steps: (world before the step, action taken), a pure function
+    of the arguments (own RNG stream). Rendering draws no random numbers, so every view of an
+    episode (robot cameras, human video) shows the same motion."""
     rng = np.random.default_rng([seed, {"train": 0, "val": 1}.get(split, 2), index])
     T = max(2, int(round(length * rng.uniform(0.75, 1.25))))
     world = _new_world(rng)
     task = _make_task(world, rng)
     policy = ScriptedPolicy(world, task, T, rng)
+
+    def steps() -> Iterator[tuple[World, np.ndarray]]:
+        for _ in range(T):
+            a = policy(world)
+            yield world, a
+            world.step(a)
+
+    return task, steps()
+
+
+def generate_episode(seed: int, split: str, index: int, length: int, image_size: int) -> SyntheticEpisode:
+    """Episode ``index`` of ``split``: a pure function of its arguments (own RNG stream)."""
+    task, steps = _rollout(seed, split, index, length)
     imgs, wrists, states, actions = [], [], [], []
-    for _ in range(T):
+    for world, a in steps:
         imgs.append(render_top(world, image_size))
         wrists.append(render_wrist(world, image_size))
         states.append(world.proprio())
-        a = policy(world)
         actions.append(a)
-        world.step(a)
     return SyntheticEpisode(np.stack(imgs), np.stack(wrists), np.stack(states), np.stack(actions), task.instruction)
+
+
+def generate_human_episode(seed: int, split: str, index: int, length: int, image_size: int) -> tuple[np.ndarray, str]:
+    """The same episode filmed as human video: uint8 [T, S, S, 3] top-view frames with a hand
+    where the gripper was, and the instruction (no actions)."""
+    task, steps = _rollout(seed, split, index, length)
+    return np.stack([render_human(world, image_size) for world, _ in steps]), task.instruction
 
 
 def episode_features(ep: SyntheticEpisode, split: str, index: int) -> dict[str, object]:
@@ -474,24 +533,21 @@ def _write(cfg: SyntheticDataConfig, data_dir: Path) -> Path:
     return out
 
 
-def generate_synthetic_world(cfg: SyntheticDataConfig) -> Path:
-    """Writes (or reuses) ``<cfg.root>/synthetic_world/1.0.0``; returns that directory.
+def _build_once(target: Path, root: Path, params: dict[str, int], build: Callable[[Path], Path]) -> Path:
+    """Builds ``target`` via ``build(tmp_dir) -> built dir`` unless it exists, atomically.
 
-    The dataset is built in a private temp dir and renamed into place, so concurrent ranks never
-    see a half-written dataset: the first rename wins, the others discard theirs. An existing
-    dataset built with different parameters is refused rather than silently reused.
-    """
-    root = Path(cfg.root)
-    target = root / NAME / VERSION
-    if not (target / "dataset_info.json").exists():
-        tmp = root / f".tmp-{NAME}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    The data is built in a private temp dir and renamed into place, so concurrent ranks never see
+    a half-written dataset: the first rename wins, the others discard theirs. An existing build
+    with different parameters is refused rather than silently reused."""
+    if not (target / "synthetic_config.json").exists():
+        tmp = root / f".tmp-{target.relative_to(root).parts[0]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
-            built = _write(cfg, tmp)
+            built = build(tmp)
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.rename(built, target)
             except OSError:
-                if not (target / "dataset_info.json").exists():
+                if not (target / "synthetic_config.json").exists():
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -500,10 +556,70 @@ def generate_synthetic_world(cfg: SyntheticDataConfig) -> Path:
             existing = json.load(f)
     except (OSError, ValueError):
         existing = None
-    if existing is not None and existing != _params(cfg):
-        raise ValueError(f"{target} was generated with {existing}, but the config asks for {_params(cfg)}; "
+    if existing is not None and existing != params:
+        raise ValueError(f"{target} was generated with {existing}, but the config asks for {params}; "
                          f"delete it or point data.synthetic.root elsewhere")
     return target
+
+
+def generate_synthetic_world(cfg: SyntheticDataConfig, *, videos: bool = False) -> Path:
+    """Writes (or reuses) ``<cfg.root>/synthetic_world/1.0.0``; returns that directory.
+
+    ``videos``: also write the matching human-style videos (see
+    :func:`generate_synthetic_human_video`; needs the ``[video]`` extra)."""
+    root = Path(cfg.root)
+    out = _build_once(root / NAME / VERSION, root, _params(cfg), lambda tmp: _write(cfg, tmp))
+    if videos:
+        generate_synthetic_human_video(cfg)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Human-style videos of the same episodes
+# ---------------------------------------------------------------------------------------------
+
+HUMAN_NAME = "synthetic_human_video"
+VIDEO_FPS = 10.0
+"""Frame rate of the videos: one frame per control step of the 10 Hz world (registry control_hz)."""
+VIDEO_GOP = 2
+"""Keyframe interval: short GOPs keep (t, t+H) random access cheap (LeRobot's choice)."""
+
+
+def human_instruction(instruction: str) -> str:
+    """The robot instruction as said to a person."""
+    return instruction.replace("the gripper", "your hand")
+
+
+def _write_human_video(cfg: SyntheticDataConfig, out: Path) -> Path:
+    from data_service.video_io import write_video  # the [video] extra
+
+    videos = out / "videos"
+    videos.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", cfg.train_episodes), ("val", cfg.val_episodes)):
+        if n <= 0:
+            continue
+        rows = []
+        for i in range(n):
+            frames, text = generate_human_episode(cfg.seed, split, i, cfg.episode_length, cfg.image_size)
+            rel = f"videos/{split}_{i:05d}.mp4"
+            write_video(out / rel, frames, VIDEO_FPS, gop=VIDEO_GOP)
+            rows.append((rel, human_instruction(text)))
+        with open(out / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "instruction"])
+            w.writerows(rows)
+    with open(out / "synthetic_config.json", "w", encoding="utf-8") as f:
+        json.dump(_params(cfg), f, indent=2, sort_keys=True)
+    return out
+
+
+def generate_synthetic_human_video(cfg: SyntheticDataConfig) -> Path:
+    """Writes (or reuses) ``<cfg.root>/synthetic_human_video``: ``videos/<split>_<i>.mp4`` (libx264,
+    GOP 2, 10 fps) of the same episodes as the RLDS dataset, seen by the top camera with a hand
+    instead of the gripper and no action labels, plus ``train.csv``/``val.csv`` (path,instruction).
+    Returns the directory (a ``DatasetEntry(name="synthetic_human_video", path=...)``)."""
+    root = Path(cfg.root)
+    return _build_once(root / HUMAN_NAME, root, _params(cfg), lambda tmp: _write_human_video(cfg, tmp))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -515,12 +631,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episode-length", type=int, default=d.episode_length)
     p.add_argument("--image-size", type=int, default=d.image_size)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--no-videos", action="store_true", help=f"skip the human-style videos (OUT/{HUMAN_NAME})")
     a = p.parse_args(argv)
     cfg = SyntheticDataConfig(enabled=True, root=a.out, train_episodes=a.train_episodes, val_episodes=a.val_episodes,
                               episode_length=a.episode_length, image_size=a.image_size, seed=a.seed)
     t0 = time.perf_counter()
     out = generate_synthetic_world(cfg)
     print(f"{out} ({time.perf_counter() - t0:.1f} s)")
+    if not a.no_videos:
+        if importlib.util.find_spec("av") is None:
+            print("videos skipped: PyAV is not installed (pip install 'latent-vla-pretrain[video]')")
+        else:
+            t0 = time.perf_counter()
+            print(f"{generate_synthetic_human_video(cfg)} ({time.perf_counter() - t0:.1f} s)")
     return 0
 
 

@@ -40,6 +40,9 @@ def test_every_registered_spec_is_consistent() -> None:
             assert get_spec(name).name == name and weight > 0
     for name in registered_names():
         spec = get_spec(name)
+        if spec.is_video:  # action-less human video (data_service.video): no action, no camera key
+            assert spec.action_dim == 0 and spec.lam_stride >= 1 and spec.embodiment_id == EMBODIMENTS["human"]
+            continue
         assert spec.action_dim == 7 and spec.action_absolute_mask[-1]
         assert 0 <= spec.embodiment_id < 32 and spec.lam_stride >= 1 and not spec.is_video
         assert spec.image_primary_key is not None
