@@ -18,6 +18,9 @@ Readers (``--only`` picks some):
 * ``video``      PyAV: whole clips (sequential decode) and random (t, t+H) pairs (seek + decode)
 * ``cache``      the zarr frame cache: whole clips and random (t, t+H) pairs
 
+``--service`` runs :mod:`data_service.service_bench` instead (whole-sample pipeline: the Ray data
+service with 1 and 2 decoders vs tf.data built the OpenVLA way; its own flags follow).
+
 The CLI is a flat set of flags so other modes (e.g. the Ray data service) can be added as more
 ``--only`` readers or flags; ``tfds-child`` is the internal subcommand the parent starts.
 """
@@ -256,6 +259,10 @@ def ratio_line(ours: Rate, ref: Rate) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--service" in argv:  # the Ray data service vs a tf.data pipeline: data_service.service_bench
+        from data_service.service_bench import main as service_main
+
+        return service_main([x for x in argv if x != "--service"])
     if argv[:1] == ["tfds-child"]:
         p = argparse.ArgumentParser(prog="python -m data_service.bench tfds-child")
         p.add_argument("--rlds", required=True)

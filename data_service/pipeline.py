@@ -1,5 +1,6 @@
 """Assemble the data side of a run: generate the synthetic world if asked, open the sources,
-compute (or load cached) normalization statistics, build the sample plan and the rank's client.
+compute (or load cached) normalization statistics, build the sample plan and the rank's client
+(``data.num_workers == 0``: decoded in a thread of this process; ``> 0``: by the Ray service).
 
 Coordination is passed in as two callables so this module stays free of process-group code:
 ``is_local_leader`` does the one-per-node work (generation, statistics passes) while the other
@@ -15,7 +16,8 @@ from typing import Any, Callable
 import numpy as np
 
 from data_service.config import DataConfig
-from data_service.loader import DataClient, DataStats, SampleReader, build_plan_datasets
+from data_service.data_stats import DataStats
+from data_service.loader import ClientBase, DataClient, SampleReader, build_plan_datasets
 from data_service.plan import SamplePlan
 
 log = logging.getLogger(__name__)
@@ -25,11 +27,13 @@ log = logging.getLogger(__name__)
 class DataBundle:
     """Everything the trainer needs from the data side."""
 
-    client: DataClient
+    client: ClientBase
+    """This rank's stream of micro batches (in-process thread or Ray service)."""
     sources: list[Any]
     normalizers: list[Any]
     plan: SamplePlan
     stats: DataStats
+    """The client's counters (``pop()`` each logging window)."""
 
     def normalization_stats(self) -> dict[str, Any]:
         """JSON-able statistics per dataset (saved with every checkpoint for de-normalization)."""
@@ -42,6 +46,7 @@ def lam_stride(source: Any, cfg: DataConfig) -> int:
 
 def build_data(cfg: DataConfig, *, rank: int, world_size: int, micro_batch_size: int, grad_accum: int,
                is_local_leader: bool, barrier: Callable[[], None]) -> DataBundle:
+    from data_service.registry import get_spec
     from data_service.sources import open_source
     from data_service.stats import Normalizer
     from data_service.windowing import make_sample, valid_timesteps
@@ -53,6 +58,8 @@ def build_data(cfg: DataConfig, *, rank: int, world_size: int, micro_batch_size:
             generate_synthetic_world(cfg.synthetic)
         barrier()
 
+    if any(get_spec(entry.name).is_video for entry in cfg.datasets):
+        import data_service.video  # noqa: F401  registers the video opener (the [video] extra)
     sources = [open_source(entry, cfg) for entry in cfg.datasets]
     # Statistics passes run once per node; the others read the JSON cache afterwards.
     if is_local_leader:
@@ -67,10 +74,17 @@ def build_data(cfg: DataConfig, *, rank: int, world_size: int, micro_batch_size:
         windows.append(np.array([len(valid_timesteps(int(n), H, cfg)) for n in s.episode_lengths], dtype=np.int64))
     plan = SamplePlan(build_plan_datasets(sources, [e.weight for e in cfg.datasets], windows),
                       seed=cfg.seed, block_size=cfg.plan_block_size, episode_group=cfg.episode_group)
-    stats = DataStats()
-    reader = SampleReader(plan, sources, normalizers, cfg, make_sample, stats)
-    client = DataClient(plan, reader, rank=rank, world_size=world_size, micro_batch_size=micro_batch_size,
-                        grad_accum=grad_accum, prefetch_batches=cfg.prefetch_batches)
     mix = ", ".join(f"{s.name} {100 * p:.1f}%" for s, p in zip(sources, plan.probabilities))
     log.info("data plan %s: %s", plan.fingerprint, mix)
-    return DataBundle(client=client, sources=sources, normalizers=normalizers, plan=plan, stats=stats)
+    client: ClientBase
+    if cfg.num_workers > 0:
+        from data_service.ray_service import build_ray_client  # Ray is an optional extra
+
+        client = build_ray_client(plan, sources, normalizers, cfg, make_sample, rank=rank, world_size=world_size,
+                                  micro_batch_size=micro_batch_size, grad_accum=grad_accum,
+                                  is_local_leader=is_local_leader, barrier=barrier)
+    else:
+        reader = SampleReader(plan, sources, normalizers, cfg, make_sample, DataStats())
+        client = DataClient(plan, reader, rank=rank, world_size=world_size, micro_batch_size=micro_batch_size,
+                            grad_accum=grad_accum, prefetch_batches=cfg.prefetch_batches)
+    return DataBundle(client=client, sources=sources, normalizers=normalizers, plan=plan, stats=client.stats)

@@ -139,13 +139,17 @@ class SamplePlan:
     def __init__(self, datasets: list[PlanDataset], seed: int, block_size: int = 4096, episode_group: int = 32):
         if not datasets:
             raise ValueError("the sample plan needs at least one dataset")
+        if block_size < 1 or episode_group < 1:
+            raise ValueError(f"plan block_size and episode_group must be >= 1, got {block_size} and {episode_group}")
         self.datasets, self.seed, self.block_size, self.episode_group = datasets, seed, block_size, episode_group
         transitions = np.array([d.windows_per_episode.sum() for d in datasets], dtype=np.float64)
         for d, n in zip(datasets, transitions):
             if n <= 0:
                 raise ValueError(f"dataset '{d.name}' has no valid windows (episodes too short for the LAM stride?)")
-            if d.weight < 0:
-                raise ValueError(f"dataset '{d.name}' has a negative mixture weight {d.weight}")
+            if not d.weight >= 0:  # also rejects NaN
+                raise ValueError(f"dataset '{d.name}' has an invalid mixture weight {d.weight}")
+            if (np.asarray(d.windows_per_episode) < 0).any():
+                raise ValueError(f"dataset '{d.name}' has a negative window count")
         mass = np.array([d.weight for d in datasets]) * transitions
         if mass.sum() <= 0:
             raise ValueError("all mixture weights are zero")
@@ -165,7 +169,8 @@ class SamplePlan:
             "datasets": [
                 {
                     "name": d.name,
-                    "weight": d.weight,
+                    # float(): a YAML ``weight: 1`` and ``1.0`` are the same mixture.
+                    "weight": float(d.weight),
                     "fingerprint": d.fingerprint,
                     "windows": hashlib.sha256(np.ascontiguousarray(d.windows_per_episode, dtype=np.int64).tobytes()).hexdigest(),
                 }

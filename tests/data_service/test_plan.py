@@ -84,3 +84,69 @@ def test_keyed_permutation_is_a_permutation():
 def test_empty_dataset_is_rejected():
     with pytest.raises(ValueError, match="no valid windows"):
         SamplePlan([PlanDataset("z", np.array([0, 0]), 1.0, "f")], seed=0)
+
+
+def _mixed_plan(seed=0, block=256):
+    """A robot-like dataset (few long episodes) and a human-video-like one (many short clips)."""
+    robot = PlanDataset("robot", np.array([40, 55, 38, 61, 47, 50, 44, 59]), 1.0, "fr")
+    video = PlanDataset("video", np.array([6, 8, 7, 5] * 25), 0.5, "fv")
+    return SamplePlan([robot, video], seed=seed, block_size=block, episode_group=4)
+
+
+def test_mixture_proportions_match_weights_within_sampling_error():
+    plan = _mixed_plan()
+    n = 40 * plan.block_size
+    ds = np.array([plan.sample(i).dataset for i in range(n)])
+    p = plan.probabilities
+    # weight x transitions: 1.0 x 394 robot windows vs 0.5 x 650 video windows
+    assert np.allclose(p, np.array([394.0, 325.0]) / 719.0)
+    # At block boundaries the quota is exact (floor rounding: off by < 1).
+    for b in range(1, 41):
+        counts = np.bincount(ds[: b * plan.block_size], minlength=2)
+        assert np.all(np.abs(counts - b * plan.block_size * p) < 1.0), b
+    # Inside a block the slots are a random permutation: any prefix stays within hypergeometric
+    # error of its expected share (5 sigma of a binomial bounds it from above).
+    rng = np.random.default_rng(0)
+    for m in rng.integers(1, n, 200):
+        got = int((ds[:m] == 0).sum())
+        sigma = np.sqrt(min(m % plan.block_size, plan.block_size // 2) * p[0] * p[1]) + 1.0
+        assert abs(got - m * p[0]) <= 5 * sigma, m
+
+
+def test_ranks_never_share_a_sample_within_an_epoch():
+    from data_service.loader import DataClient
+
+    plan = _mixed_plan(block=64)
+    world, micro, accum = 3, 4, 2
+    clients = [DataClient(plan, reader=None, rank=r, world_size=world, micro_batch_size=micro, grad_accum=accum)
+               for r in range(world)]
+    G = clients[0].global_batch_size
+    # Enough steps for more than two full epochs of the robot dataset.
+    steps = 2 * int(plan.datasets[0].windows_per_episode.sum() / plan.probabilities[0]) // G + 2
+    seen: dict[tuple[int, int, int, int], int] = {}
+    per_rank = [[] for _ in range(world)]
+    for step in range(steps):
+        for r, c in enumerate(clients):
+            for m in range(accum):
+                per_rank[r] += c.rank_indices(step * G, m)
+    for r, indices in enumerate(per_rank):
+        for i in indices:
+            s = plan.sample(i)
+            key = (s.dataset, s.epoch, s.episode, s.t)
+            assert key not in seen, f"rank {r} and rank {seen[key]} both got {key}"
+            seen[key] = r
+    assert sorted(i for ind in per_rank for i in ind) == list(range(steps * G))
+    # Two full epochs of the robot dataset were covered exactly once each.
+    robot = [k for k in seen if k[0] == 0 and k[1] < 2]
+    assert len(robot) == 2 * int(plan.datasets[0].windows_per_episode.sum())
+
+
+def test_plan_rejects_invalid_settings():
+    a = PlanDataset("a", np.array([3]), 1.0, "f")
+    with pytest.raises(ValueError, match="block_size"):
+        SamplePlan([a], seed=0, block_size=0)
+    with pytest.raises(ValueError, match="mixture weight"):
+        SamplePlan([PlanDataset("a", np.array([3]), float("nan"), "f")], seed=0)
+    # an integer weight is the same mixture as its float
+    as_int = SamplePlan([PlanDataset("a", np.array([3]), 1, "f")], seed=0)
+    assert as_int.fingerprint == SamplePlan([a], seed=0).fingerprint

@@ -1,0 +1,92 @@
+"""Plan index -> one decoded sample: the work every decoder does, in-process or in a Ray actor.
+
+Torch-free on purpose: Ray decoder actors import this module, and importing torch there would
+cost each actor ~300 MB and seconds of start-up for nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import Any, Callable
+
+import numpy as np
+
+from data_service.config import DataConfig
+from data_service.data_stats import DataStats
+from data_service.errors import DataError
+from data_service.plan import SamplePlan
+from data_service.schema import LIST_KEYS, TENSOR_KEYS
+
+log = logging.getLogger(__name__)
+
+MakeSample = Callable[..., dict[str, Any]]
+"""``make_sample(episode, t, source, normalizer, cfg) -> sample dict`` (see ``data_service.windowing``)."""
+
+
+class SampleReader:
+    """Plan index -> one decoded sample dict, with a small LRU cache of standardized episodes.
+
+    A source may assemble its own samples by defining ``make_sample`` with the same signature
+    (e.g. human video without actions); otherwise the shared ``make_sample`` is used, so robot
+    and video datasets mix in one plan and one reader.
+    """
+
+    # How far away (in plan indices) a replacement for a bad sample is drawn; far enough to
+    # avoid the same episode group, and a pure function of the index so every rank agrees.
+    _REPLACEMENT_STRIDE = 1_000_003
+    _MAX_REPLACEMENTS = 16
+
+    def __init__(self, plan: SamplePlan, sources: list[Any], normalizers: list[Any], cfg: DataConfig,
+                 make_sample: MakeSample, stats: DataStats | None = None) -> None:
+        self.plan, self.sources, self.normalizers, self.cfg = plan, sources, normalizers, cfg
+        self._make_sample = make_sample
+        self.stats = stats
+        self.skipped = 0
+        """Bad samples replaced over this reader's life."""
+        self._episodes: OrderedDict[tuple[int, int], Any] = OrderedDict()
+        self._capacity = max(4, 2 * cfg.episode_group * len(sources))
+
+    def _episode(self, d: int, e: int) -> Any:
+        key = (d, e)
+        ep = self._episodes.get(key)
+        if ep is None:
+            ep = self.sources[d].read_episode(e)
+            self._episodes[key] = ep
+            if len(self._episodes) > self._capacity:
+                self._episodes.popitem(last=False)
+        else:
+            self._episodes.move_to_end(key)
+        return ep
+
+    def read(self, index: int) -> dict[str, Any]:
+        attempts = 0
+        probe = index
+        while True:
+            s = self.plan.sample(probe)
+            source = self.sources[s.dataset]
+            make = getattr(source, "make_sample", None) or self._make_sample
+            try:
+                ep = self._episode(s.dataset, s.episode)
+                sample = make(ep, s.t, source, self.normalizers[s.dataset], self.cfg)
+            except DataError:
+                if self.cfg.on_bad_sample != "skip" or attempts >= self._MAX_REPLACEMENTS:
+                    raise
+                attempts += 1
+                self.skipped += 1
+                if self.stats is not None:
+                    self.stats.add(skipped=1)
+                log.warning("skipping bad sample at plan index %d", probe, exc_info=True)
+                probe = index + attempts * self._REPLACEMENT_STRIDE
+                continue
+            sample["sample_id"] = np.int64(index)
+            sample["dataset_id"] = np.int64(s.dataset)
+            return sample
+
+
+def stack_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-sample dicts -> batch dict of stacked numpy arrays (tensor keys) and lists (list keys)."""
+    batch: dict[str, Any] = {key: np.stack([np.asarray(s[key]) for s in samples]) for key in TENSOR_KEYS}
+    for key in LIST_KEYS:
+        batch[key] = [s[key] for s in samples]
+    return batch
