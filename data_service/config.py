@@ -76,6 +76,8 @@ class DataConfig:
     num_workers: int = 0
     """Ray decoder actors shared by all ranks; 0 decodes in a thread of each trainer process. Every
     value (and any change of it on resume) gives the identical sample sequence."""
+    decoded_frame_cache_mb: int = 256
+    """Per decoder: MiB of recently decoded frames kept for reuse by neighbouring windows (0 disables)."""
     prefetch_batches: int = 2
     """Micro batches decoded ahead of the trainer per rank (bounds in-flight requests and memory)."""
     ray_address: str = ""

@@ -7,6 +7,8 @@ the data path's hot spot. Pillow stays as the fallback for formats OpenCV cannot
 from __future__ import annotations
 
 import io
+from collections import OrderedDict
+from typing import Callable, Hashable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -59,3 +61,36 @@ def decode_image(data: bytes, size: int, *, bgr: bool = False, file: str | None 
     if bgr:
         arr = arr[:, :, ::-1]
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+class DecodedFrameCache:
+    """Byte-bounded LRU of decoded frames.
+
+    Frame t of an episode is decoded for window t (as x_t) and again for window t-H (as x_{t+H});
+    windows of one episode group are interleaved, so the second use is usually close by. Keeping
+    recently decoded frames saves about a third of all decodes at a bounded memory cost.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._frames: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+
+    def get(self, key: Hashable, decode: Callable[[], np.ndarray]) -> np.ndarray:
+        frame = self._frames.get(key)
+        if frame is not None:
+            self._frames.move_to_end(key)
+            self.hits += 1
+            return frame
+        self.misses += 1
+        frame = decode()
+        if self.max_bytes > 0 and frame.nbytes <= self.max_bytes:
+            frame.setflags(write=False)  # shared by several samples; nobody may edit it in place
+            self._frames[key] = frame
+            self.bytes += frame.nbytes
+            while self.bytes > self.max_bytes:
+                _, old = self._frames.popitem(last=False)
+                self.bytes -= old.nbytes
+        return frame

@@ -14,6 +14,7 @@ import numpy as np
 
 from data_service.config import DataConfig
 from data_service.data_stats import DataStats
+from data_service.decode import DecodedFrameCache
 from data_service.errors import DataError
 from data_service.plan import SamplePlan
 from data_service.schema import LIST_KEYS, TENSOR_KEYS
@@ -46,6 +47,7 @@ class SampleReader:
         """Bad samples replaced over this reader's life."""
         self._episodes: OrderedDict[tuple[int, int], Any] = OrderedDict()
         self._capacity = max(4, 2 * cfg.episode_group * len(sources))
+        self.frame_cache = DecodedFrameCache(cfg.decoded_frame_cache_mb * 2**20)
 
     def _episode(self, d: int, e: int) -> Any:
         key = (d, e)
@@ -65,10 +67,14 @@ class SampleReader:
         while True:
             s = self.plan.sample(probe)
             source = self.sources[s.dataset]
-            make = getattr(source, "make_sample", None) or self._make_sample
+            own_make = getattr(source, "make_sample", None)
             try:
                 ep = self._episode(s.dataset, s.episode)
-                sample = make(ep, s.t, source, self.normalizers[s.dataset], self.cfg)
+                if own_make is not None:
+                    sample = own_make(ep, s.t, source, self.normalizers[s.dataset], self.cfg)
+                else:
+                    sample = self._make_sample(ep, s.t, source, self.normalizers[s.dataset], self.cfg,
+                                               frame_cache=self.frame_cache)
             except DataError:
                 if self.cfg.on_bad_sample != "skip" or attempts >= self._MAX_REPLACEMENTS:
                     raise

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from data_service.config import DataConfig
-from data_service.decode import decode_image
+from data_service.decode import DecodedFrameCache, decode_image
 from data_service.errors import DataError
 from data_service.standardize import StandardEpisode
 from data_service.stats import Normalizer
@@ -62,8 +62,11 @@ def action_chunk(action: np.ndarray, t: int, horizon: int, absolute_mask: np.nda
 
 
 def make_sample(episode: StandardEpisode, t: int, source: EpisodeSource, normalizer: Normalizer,
-                data_cfg: DataConfig) -> Sample:
-    """The sample at step ``t`` of ``episode``. ``sample_id``/``dataset_id`` are -1: the caller fills them."""
+                data_cfg: DataConfig, *, frame_cache: DecodedFrameCache | None = None) -> Sample:
+    """The sample at step ``t`` of ``episode``. ``sample_id``/``dataset_id`` are -1: the caller fills them.
+
+    ``frame_cache`` reuses frames decoded for neighbouring windows (see ``DecodedFrameCache``).
+    """
     spec = source.spec
     T = episode.length
     if not 0 <= t < T:
@@ -72,7 +75,12 @@ def make_sample(episode: StandardEpisode, t: int, source: EpisodeSource, normali
     size = data_cfg.image_size
 
     def image(frames: list[bytes], i: int, bgr: bool, key: str | None) -> np.ndarray:
-        return decode_image(frames[i], size, bgr=bgr, file=episode.file, episode=episode.episode, field=key)
+        def decode() -> np.ndarray:
+            return decode_image(frames[i], size, bgr=bgr, file=episode.file, episode=episode.episode, field=key)
+
+        if frame_cache is None:
+            return decode()
+        return frame_cache.get((episode.dataset, episode.file, episode.episode, key, i, size, bgr), decode)
 
     primary = image(episode.image_primary, t, spec.bgr, spec.image_primary_key)
     future = image(episode.image_primary, min(t + H, T - 1), spec.bgr, spec.image_primary_key)
