@@ -1,0 +1,50 @@
+"""``launcher.ray_job`` without a cluster: the trainer command line, the runtime env, and the
+errors that must come before anything is started."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from launcher.ray_job import RayJobError, _check_resources, main, runtime_env, trainer_argv
+
+from .conftest import REPO
+
+
+def test_trainer_argv_forces_what_ray_train_needs(tmp_path: Path) -> None:
+    argv = trainer_argv("configs/quickstart.yaml", ["--trainer.max_steps=5"], tmp_path / "run", "10.0.0.1:6379")
+    assert argv[:2] == ["--config", str(Path("configs/quickstart.yaml").resolve())]
+    assert argv[2:] == ["--trainer.max_steps=5", "--resume=auto", f"--run.dir={tmp_path / 'run'}",
+                        "--data.ray_address=10.0.0.1:6379", "--checkpoint.save_on_signal=false"]
+    with pytest.raises(RayJobError, match="--resume=auto"):
+        trainer_argv("c.yaml", ["--resume=never"], tmp_path, "a:1")
+
+
+def test_runtime_env_passes_settings_not_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAVLA_CACHE_DIR", "/scratch/cache")
+    monkeypatch.setenv("NCCL_SOCKET_IFNAME", "ib0")
+    monkeypatch.setenv("WANDB_API_KEY", "hunter2")
+    monkeypatch.setenv("UNRELATED", "x")
+    env = runtime_env()["env_vars"]
+    assert env["LAVLA_CACHE_DIR"] == "/scratch/cache" and env["NCCL_SOCKET_IFNAME"] == "ib0"
+    assert "WANDB_API_KEY" not in env and "UNRELATED" not in env
+    assert str(REPO) in env["PYTHONPATH"].split(":")
+
+
+def test_too_small_cluster_is_named() -> None:
+    ray = SimpleNamespace(cluster_resources=lambda: {"CPU": 8.0, "GPU": 4.0})
+    _check_resources(ray, workers=4, cpus=1, gpus=1, data_cpus=4)
+    with pytest.raises(RayJobError, match=r"GPU: need 8, cluster has 4"):
+        _check_resources(ray, workers=8, cpus=0.5, gpus=1, data_cpus=0)
+    with pytest.raises(RayJobError, match=r"CPU: need 12, cluster has 8"):
+        _check_resources(ray, workers=4, cpus=1, gpus=1, data_cpus=8)
+
+
+def test_bad_options_fail_before_connecting(capsys: pytest.CaptureFixture[str]) -> None:
+    config = str(REPO / "configs" / "quickstart.yaml")
+    assert main(["--config", config, "--gpus-per-worker", "2"]) == 2
+    assert "one rank per GPU" in capsys.readouterr().err
+    assert main(["--config", config, "--", "--trainer.max_stpes=1"]) == 2
+    assert "trainer.max_steps" in capsys.readouterr().err
