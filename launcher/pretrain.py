@@ -25,9 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    from trainer.loop import run
+    from trainer.loop import NonFiniteLossError, run
 
-    run(cfg)
+    try:
+        run(cfg)
+    except NonFiniteLossError as e:  # a diagnosis, not a crash: no traceback
+        print(f"training stopped: {e}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -1,14 +1,19 @@
-"""End to end through ``deepspeed launcher/pretrain.py`` with real ranks on CPU (gloo)."""
+"""End to end through ``deepspeed launcher/pretrain.py`` with real ranks on CPU (gloo): run dir
+layout and metrics, resume, non-finite step skipping, and the profiling job. Crash / preemption /
+world-size-change resumption is in test_resume_faults.py."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
+from tests.checkpoint_helpers import fp32_params
 from tests.conftest import REPO, read_jsonl, run_deepspeed
 
 pytestmark = pytest.mark.slow
@@ -32,7 +37,15 @@ def test_two_ranks_write_run_dir_then_resume_continues(tmp_path, tiny_world_args
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     for r in records:
         assert r["loss"] > 0 and r["samples_per_s"] > 0 and 0 <= r["data_wait_frac"] <= 1
-        assert "loss/flow" in r and "loss/align" in r
+        assert "loss/flow" in r and "loss/align" in r and "loss/lam" in r  # each loss term
+        assert r["grad_norm"] > 0 and r["lr"] > 0
+        assert r["tokens_per_s"] == r["samples_per_s"] * r["tokens_per_sample"]
+        assert r["flops_per_step"] > 0 and r["tflops"] > 0 and r["mfu"] is None  # CPU: no peak, no MFU
+        phases = [r[f"time/{p}_s"] for p in ("data", "forward", "backward", "optimizer", "other")]
+        assert min(phases) >= 0 and sum(phases) == pytest.approx(r["time/step_s"], rel=1e-6)
+        assert r["time/forward_s"] > 0 and r["time/backward_s"] > 0
+        assert r["memory/max_rss_gib"] > 0 and r["nonfinite/skipped_steps"] == 0
+        assert r["device"] == "cpu" and r["world_size"] == 2
     assert records[-1]["consumed_samples"] == 4 * 8
     ckpts = run_dir / "checkpoints"
     assert (ckpts / "latest").read_text() == "step_00000004"
@@ -48,26 +61,41 @@ def test_two_ranks_write_run_dir_then_resume_continues(tmp_path, tiny_world_args
     assert (ckpts / "latest").read_text() == "step_00000006"
 
 
-def test_resume_reproduces_the_uninterrupted_run(tmp_path, tiny_world_args):
-    """Stop at step 3, resume to 6: losses and consumed samples equal an uninterrupted run."""
-    base = [*tiny_world_args, "--data.log_sample_ids=true", "--checkpoint.every_steps=3"]
-    full, part = tmp_path / "full", tmp_path / "part"
-    run_deepspeed([*base, f"--run.dir={full}", "--trainer.max_steps=6"], num_ranks=2)
-    run_deepspeed([*base, f"--run.dir={part}", "--trainer.max_steps=3"], num_ranks=2)
-    run_deepspeed([*base, f"--run.dir={part}", "--trainer.max_steps=6", "--resume=auto"], num_ranks=2)
+def test_nonfinite_steps_are_skipped_then_the_run_stops(tmp_path, tiny_world_args):
+    """NaN on rank 0 at step 3: every rank skips the update, training goes on. NaN at steps 5 and 6
+    with trainer.max_nonfinite_steps=2: the run stops at step 6 naming the loss terms."""
+    run_dir = tmp_path / "run"
+    proc = run_deepspeed([*tiny_world_args, f"--run.dir={run_dir}", "--trainer.max_steps=8", "--optim.warmup_steps=0",
+                          "--trainer.max_nonfinite_steps=2", "--checkpoint.every_steps=1", "--checkpoint.keep_last=10"],
+                         num_ranks=2, env={"LAVLA_FAULTS": "nan_at_step:3,nan_at_step:5,nan_at_step:6"}, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "stopping at step 6: 2 consecutive steps skipped" in out
+    assert "loss/flow (rank 0)" in out and "step 3 skipped" in out
 
-    def losses(d):
-        return {r["step"]: r["loss"] for r in read_jsonl(d / "metrics.jsonl")}
+    records = {r["step"]: r for r in read_jsonl(run_dir / "metrics.jsonl")}
+    assert sorted(records) == [1, 2, 3, 4, 5]  # step 6 raised before logging
+    assert records[3]["nonfinite/skipped_steps"] == 1 and "loss" not in records[3]
+    assert records[4]["nonfinite/skipped_steps"] == 0 and records[4]["loss"] > 0
+    assert records[5]["nonfinite/skipped_total"] == 2
+    assert records[3]["consumed_samples"] == 3 * 8  # a skipped step still consumes its batch
 
-    lf, lp = losses(full), losses(part)
-    for step in (4, 5, 6):
-        assert lp[step] == pytest.approx(lf[step], rel=1e-5, abs=1e-6), step
+    ckpts = run_dir / "checkpoints"
+    p2, p3, p4 = (fp32_params(ckpts / f"step_0000000{s}") for s in (2, 3, 4))
+    assert all(torch.equal(p2[k], p3[k]) for k in p2)  # the skipped step changed no parameter
+    assert not all(torch.equal(p3[k], p4[k]) for k in p3)  # and the next one trained normally
+    assert json.loads((ckpts / "step_00000005" / "trainer_state.json").read_text())["nonfinite_skipped_total"] == 2
 
-    def sample_ids(d, rank):
-        return [(r["step"], r["sample_ids"]) for r in read_jsonl(d / f"samples.rank{rank}.jsonl")]
 
-    for rank in (0, 1):
-        assert sample_ids(part, rank) == sample_ids(full, rank)
-    # Two ranks never see the same sample: together they cover each global batch exactly once.
-    all_ids = [i for rank in (0, 1) for _, ids in sample_ids(full, rank) for i in ids]
-    assert sorted(all_ids) == list(range(6 * 8))
+def test_profile_run_writes_trace_report_and_plot(tmp_path, tiny_world_args):
+    run_dir = tmp_path / "prof"
+    proc = subprocess.run([sys.executable, "-m", "launcher.profile_run", *tiny_world_args, f"--run.dir={run_dir}",
+                           "--steps", "4", "--warmup", "2"], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    prof = run_dir / "profile"
+    assert (prof / "trace_rank0.json.gz").stat().st_size > 1000
+    report = (prof / "throughput.md").read_text()
+    assert "Profiled steps 3..4" in report and "| backward |" in report and "samples_per_s" in report
+    assert (prof / "step_breakdown.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (run_dir / "checkpoints" / "latest").exists()  # profiling jobs write no checkpoints

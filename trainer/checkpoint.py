@@ -8,15 +8,22 @@ Layout under ``<run.dir>/checkpoints``::
         config.yaml                the resolved config of the run
         normalization_stats.json   per-dataset statistics the model was trained with
         COMPLETE                   written last, after every rank finished its part
+        universal/                 (on demand) the same state in DeepSpeed's universal format,
+        UNIVERSAL_COMPLETE         for resuming at another world size (trainer/universal.py)
     latest                         tag of the newest complete checkpoint (atomic rename)
 
 A save killed half way leaves a directory without ``COMPLETE``; resumption ignores it and a later
 save of the same step replaces it. Nothing here unpickles arbitrary objects: JSON for metadata,
 ``torch.load(weights_only=True)`` for RNG tensors (DeepSpeed's own engine files are the run's own).
+
+RNG: at the same world size each rank gets its saved RNG state back, so a resumed run repeats
+the uninterrupted one exactly. At another world size there is no meaningful mapping of old
+streams to new ranks; each rank is reseeded from (seed, step, rank), deterministically.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -30,6 +37,8 @@ from typing import Any
 import torch
 
 from trainer import distributed as dist_utils
+from trainer import faults
+from trainer.universal import UNIVERSAL_CLIENT_STATE, UNIVERSAL_DIR, ensure_converted
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +113,10 @@ def find_resume_checkpoint(resume: str, run_dir: Path) -> CheckpointInfo | None:
 class CheckpointManager:
     """Collective save / load around a DeepSpeed engine (every rank must call save and load)."""
 
-    def __init__(self, run_dir: Path, keep_last: int) -> None:
+    def __init__(self, run_dir: Path, keep_last: int, convert_workers: int = 1) -> None:
         self.root = run_dir / "checkpoints"
         self.keep_last = keep_last
+        self.convert_workers = convert_workers
 
     def save(self, engine: Any, step: int, trainer_state: dict[str, Any], config_yaml: str,
              normalization_stats: dict[str, Any]) -> Path:
@@ -118,7 +128,7 @@ class CheckpointManager:
                 shutil.rmtree(path)
             path.mkdir(parents=True)
         dist_utils.barrier()
-        engine.save_checkpoint(str(self.root), tag=tag, save_latest=False)
+        engine.save_checkpoint(str(self.root), tag=tag, client_state=dict(UNIVERSAL_CLIENT_STATE), save_latest=False)
         rng_dir = path / "rng"
         rng_dir.mkdir(exist_ok=True)
         rng = {"cpu": torch.get_rng_state()}
@@ -129,6 +139,7 @@ class CheckpointManager:
             _atomic_write(path / "trainer_state.json", json.dumps({**trainer_state, "step": step}, indent=2))
             _atomic_write(path / "config.yaml", config_yaml)
             _atomic_write(path / "normalization_stats.json", json.dumps(normalization_stats, indent=2))
+        faults.maybe_kill("kill_in_save", step)
         # Only when every rank's files are on disk does the checkpoint become visible.
         dist_utils.barrier()
         if dist_utils.is_main():
@@ -150,23 +161,63 @@ class CheckpointManager:
             if m and child.is_dir() and not is_complete(child) and int(m.group(1)) < newest:
                 shutil.rmtree(child, ignore_errors=True)
 
-    def load(self, engine: Any, ckpt: CheckpointInfo) -> dict[str, Any]:
-        saved_world = int(ckpt.state.get("world_size", dist_utils.world_size()))
-        if saved_world != dist_utils.world_size():
-            raise RuntimeError(
-                f"{ckpt.path} was written by {saved_world} ranks but this job has {dist_utils.world_size()}; "
-                "ZeRO-3 partitions must be converted to a universal checkpoint first "
-                "(world-size changes are not supported yet)"
-            )
-        load_path, _ = engine.load_checkpoint(str(ckpt.path.parent), tag=ckpt.path.name,
-                                              load_optimizer_states=True, load_lr_scheduler_states=True)
+    def load(self, engine: Any, ckpt: CheckpointInfo, seed: int) -> dict[str, Any]:
+        """Restore engine state and RNG from ``ckpt``. At another world size than the one that
+        saved it, the engine must have been built with ``checkpoint.load_universal`` (see
+        :func:`needs_universal`) and the checkpoint is converted first if needed."""
+        world = dist_utils.world_size()
+        saved_world = saved_world_size(ckpt)
+        if saved_world != world:
+            ensure_converted(ckpt.path, dist_utils.is_main(), self.convert_workers)
+            dist_utils.barrier()
+            load_dir, tag = ckpt.path, UNIVERSAL_DIR
+        else:
+            load_dir, tag = ckpt.path.parent, ckpt.path.name
+        load_path, _ = engine.load_checkpoint(str(load_dir), tag=tag, load_optimizer_states=True,
+                                              load_lr_scheduler_states=True)
         if load_path is None:
-            raise RuntimeError(f"DeepSpeed could not load {ckpt.path}")
-        rng_file = ckpt.path / "rng" / f"rank_{dist_utils.rank()}.pt"
-        if rng_file.is_file():
-            rng = torch.load(rng_file, weights_only=True)
-            torch.set_rng_state(rng["cpu"])
-            if "cuda" in rng and torch.cuda.is_available():
-                torch.cuda.set_rng_state(rng["cuda"])
+            raise RuntimeError(f"DeepSpeed could not load {load_dir / tag}")
+        if saved_world == world:
+            self._restore_rng(ckpt)
+        else:
+            reseed(seed, ckpt.step, dist_utils.rank())
+            log.warning("world size changed %d -> %d: loaded the universal form of %s; RNG streams reseeded "
+                        "from (seed=%d, step=%d, rank) instead of restored",
+                        saved_world, world, ckpt.path, seed, ckpt.step)
         log.info("resumed from %s (step %d)", ckpt.path, ckpt.step)
         return ckpt.state
+
+    @staticmethod
+    def _restore_rng(ckpt: CheckpointInfo) -> None:
+        rng_file = ckpt.path / "rng" / f"rank_{dist_utils.rank()}.pt"
+        if not rng_file.is_file():
+            log.warning("%s has no RNG state for rank %d; keeping the fresh seed", ckpt.path, dist_utils.rank())
+            return
+        rng = torch.load(rng_file, weights_only=True)
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
+
+
+def saved_world_size(ckpt: CheckpointInfo) -> int:
+    return int(ckpt.state.get("world_size", dist_utils.world_size()))
+
+
+def needs_universal(ckpt: CheckpointInfo | None, world_size: int, allowed: bool) -> bool:
+    """True if resuming ``ckpt`` at ``world_size`` goes through the universal format (decided
+    before the engine is built: DeepSpeed reads ``load_universal`` from its config)."""
+    if ckpt is None or saved_world_size(ckpt) == world_size:
+        return False
+    if not allowed:
+        raise RuntimeError(
+            f"{ckpt.path} was written by {saved_world_size(ckpt)} ranks but this job has {world_size}; "
+            "set checkpoint.convert_on_world_size_change=true (or run python -m launcher.convert_checkpoint) "
+            "to resume through a DeepSpeed universal checkpoint"
+        )
+    return True
+
+
+def reseed(seed: int, step: int, rank: int) -> None:
+    """Seed this rank's torch RNGs from (seed, step, rank): distinct per rank, reproducible."""
+    digest = hashlib.sha256(f"{seed}:{step}:{rank}".encode()).digest()
+    torch.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))  # also seeds CUDA

@@ -72,6 +72,11 @@ class ZeroConfig:
     param_persistence_threshold: int = 100_000
     """ZeRO-3 keeps parameters smaller than this replicated (HF 'auto' rule: 10 x hidden)."""
 
+    def __post_init__(self) -> None:
+        # Stage 0 has no DeepSpeed overflow check, which the non-finite step skip relies on.
+        if self.stage not in (1, 2, 3):
+            raise ValueError(f"trainer.zero.stage must be 1, 2 or 3, got {self.stage}")
+
 
 @dataclass
 class TrainerConfig:
@@ -88,13 +93,26 @@ class TrainerConfig:
     gradient_clipping: float = 1.0
     """Global gradient-norm clip; 0 disables."""
     activation_checkpointing: bool = False
-    """Recompute activations of transformer blocks in backward to save memory."""
+    """Recompute activations of selected blocks in backward (torch non-reentrant checkpointing) to
+    save memory. Blocks: those the model lists in a ``checkpointable_blocks`` attribute, else every
+    instance of a class named in ``checkpoint_block_classes``."""
+    checkpoint_block_classes: list[str] = field(default_factory=lambda: ["TransformerBlock"])
+    """Class names of the modules to checkpoint when the model does not list ``checkpointable_blocks``."""
+    zero_init: bool = False
+    """Build the model inside ``deepspeed.zero.Init`` (ZeRO-3 only): each rank allocates only its
+    parameter shard, so a model larger than one device's memory can be constructed. Each module's
+    parameters are partitioned as soon as its own ``__init__`` returns, so init code that edits a
+    *child's* parameters afterwards (e.g. zeroing a child Linear) edits empty shards and is lost:
+    such inits belong in the child's ``reset_parameters`` or inside ``GatheredParameters``. Initial
+    weights are not bit-identical to a plain build; weights loaded later are unaffected."""
     zero: ZeroConfig = field(default_factory=ZeroConfig)
     """DeepSpeed ZeRO settings."""
     log_every: int = 10
     """Log metrics every N optimizer steps."""
     max_nonfinite_steps: int = 5
-    """Stop after this many consecutive steps with a non-finite loss (each one is skipped)."""
+    """A step whose loss (on any rank) or gradient is NaN/inf is skipped: no parameter update, the
+    batch counts as consumed. This many consecutive skipped steps stop the run with an error naming
+    the loss terms and the step."""
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16"):
@@ -103,6 +121,12 @@ class TrainerConfig:
             raise ValueError(f"trainer.max_steps must be >= 0, got {self.max_steps}")
         if self.micro_batch_size < 1 or self.global_batch_size < 1:
             raise ValueError("trainer.micro_batch_size and trainer.global_batch_size must be >= 1")
+        if self.max_nonfinite_steps < 1:
+            raise ValueError(f"trainer.max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
+        if self.log_every < 1:
+            raise ValueError(f"trainer.log_every must be >= 1, got {self.log_every}")
+        if self.zero_init and self.zero.stage != 3:
+            raise ValueError("trainer.zero_init needs trainer.zero.stage=3 (it partitions parameters at construction)")
 
 
 @dataclass
@@ -117,6 +141,11 @@ class CheckpointConfig:
     """Save when ``trainer.max_steps`` is reached."""
     save_on_signal: bool = True
     """SIGTERM / SIGUSR1 (SLURM preemption) trigger a checkpoint and a clean exit."""
+    convert_on_world_size_change: bool = True
+    """Resuming with a different number of ranks converts the checkpoint to DeepSpeed's universal
+    format once (into ``<checkpoint>/universal/``, by rank 0) and loads that; False refuses instead."""
+    convert_workers: int = 1
+    """Worker processes of the universal conversion (more is faster for big models, and uses more memory)."""
 
     def __post_init__(self) -> None:
         if self.keep_last < 1:
@@ -143,6 +172,57 @@ class LoggingConfig:
     """wandb sink."""
     console: bool = True
     """Print a metrics line on rank 0 every ``trainer.log_every`` steps."""
+    progress_bar: bool = True
+    """A tqdm progress bar on rank 0 (only when stderr is a terminal; log lines print above it)."""
+    media_every: int = 0
+    """If the model has ``media(batch) -> {name: HxWx3 uint8}``, call it every N steps (all ranks:
+    it runs the model) and write PNGs under ``<run.dir>/media/`` (and to wandb); 0 disables."""
+    measure_flops: bool = True
+    """Count the FLOPs of one real training step (torch FlopCounterMode, first step) for TFLOP/s and MFU."""
+    peak_tflops: float = 0.0
+    """Peak dense bf16 TFLOP/s per device for MFU; 0 = look the GPU up by name (unknown GPUs and CPU: no MFU)."""
+    sync_timing: bool = False
+    """Synchronize CUDA around forward / backward / optimizer so the step-time breakdown is exact
+    (costs some throughput; profiling runs turn it on)."""
+
+    def __post_init__(self) -> None:
+        if self.media_every < 0:
+            raise ValueError(f"logging.media_every must be >= 0, got {self.media_every}")
+
+
+@dataclass
+class ProfileConfig:
+    """torch.profiler capture of a few steps plus a throughput report (Markdown + PNG) in the run dir."""
+
+    steps: str = ""
+    """``a:b`` profiles optimizer steps a..b inclusive (1-based, as logged); empty disables."""
+    all_ranks: bool = False
+    """Write a trace for every rank (default: rank 0 only; traces are large)."""
+    record_shapes: bool = True
+    """Record operator input shapes in the trace."""
+    profile_memory: bool = False
+    """Track tensor allocations in the trace (slower)."""
+    with_stack: bool = False
+    """Record Python stacks of operators (much larger traces)."""
+
+    def window(self) -> tuple[int, int] | None:
+        """``(first, last)`` profiled step, or None when profiling is off."""
+        if not self.steps:
+            return None
+        a, sep, b = self.steps.partition(":")
+        try:
+            if not sep:  # a bare number is what unquoted YAML makes of "3:5"
+                raise ValueError
+            first, last = int(a), int(b)
+        except ValueError:
+            raise ValueError(f"profile.steps must look like 'a:b' (e.g. 3:5; quote it in YAML, where 3:5 "
+                             f"is the base-60 number 185), got {self.steps!r}") from None
+        if not 1 <= first <= last:
+            raise ValueError(f"profile.steps needs 1 <= a <= b, got {self.steps!r}")
+        return first, last
+
+    def __post_init__(self) -> None:
+        self.window()  # validate early, with the field's name in the message
 
 
 @dataclass
@@ -166,3 +246,5 @@ class PretrainConfig:
     """Checkpoint cadence and retention."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Metric sinks."""
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
+    """Profiler capture and throughput report."""

@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import io
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -46,6 +47,15 @@ def _split_argv(argv: Sequence[str]) -> tuple[str | None, list[str]]:
         else:
             rest.append(arg)
     return config_path, rest
+
+
+_BASE60 = re.compile(r"^--([\w.]+)=(\d+(?::\d+)+)$")
+
+
+def _quote_colon_numbers(cli: list[str]) -> list[str]:
+    """``--profile.steps=3:5`` -> ``--profile.steps='3:5'``: draccus reads values as YAML 1.1, in
+    which ``3:5`` is the base-60 integer 185."""
+    return [f"--{m.group(1)}='{m.group(2)}'" if (m := _BASE60.match(a)) else a for a in cli]
 
 
 def _resolve_type(tp: Any) -> Any:
@@ -168,7 +178,7 @@ def load_config(argv: Sequence[str]) -> PretrainConfig:
 
     cli_keys = {a[2:].split("=", 1)[0] for a in cli if a.startswith("--")}
     try:
-        cfg = draccus.parse(PretrainConfig, config_path=config_path, args=cli)
+        cfg = draccus.parse(PretrainConfig, config_path=config_path, args=_quote_colon_numbers(cli))
     except (DecodingError, ParsingError, ValueError, TypeError) as e:
         msg = _root_message(e)
         origin = "command line" if any(k in msg for k in cli_keys) else source

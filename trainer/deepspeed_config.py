@@ -46,16 +46,22 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
     return groups
 
 
-def build_deepspeed_config(cfg: PretrainConfig, world_size: int) -> dict[str, Any]:
+def build_deepspeed_config(cfg: PretrainConfig, world_size: int, load_universal: bool = False) -> dict[str, Any]:
+    """The engine config. ``load_universal``: the run resumes from a universal checkpoint (a
+    different world size; DeepSpeed reads this flag at engine construction)."""
     t, o, z = cfg.trainer, cfg.optim, cfg.trainer.zero
     accum = gradient_accumulation_steps(cfg, world_size)
+    # DeepSpeed's schedulers reject 0 warmup steps; a warmup that starts at the full lr is the
+    # same as none.
+    warmup = max(1, o.warmup_steps)
+    start_ratio = 0.0 if o.warmup_steps > 0 else 1.0
     if o.schedule == "cosine":
         scheduler = {
             "type": "WarmupCosineLR",
             "params": {
                 "total_num_steps": max(1, t.max_steps),
-                "warmup_num_steps": o.warmup_steps,
-                "warmup_min_ratio": 0.0,
+                "warmup_num_steps": warmup,
+                "warmup_min_ratio": start_ratio,
                 "cos_min_ratio": o.min_lr_ratio,
                 "warmup_type": "linear",
             },
@@ -63,7 +69,7 @@ def build_deepspeed_config(cfg: PretrainConfig, world_size: int) -> dict[str, An
     else:
         scheduler = {
             "type": "WarmupLR",
-            "params": {"warmup_min_lr": 0.0, "warmup_max_lr": o.lr, "warmup_num_steps": o.warmup_steps,
+            "params": {"warmup_min_lr": start_ratio * o.lr, "warmup_max_lr": o.lr, "warmup_num_steps": warmup,
                        "warmup_type": "linear"},
         }
     zero: dict[str, Any] = {
@@ -78,7 +84,7 @@ def build_deepspeed_config(cfg: PretrainConfig, world_size: int) -> dict[str, An
             "stage3_param_persistence_threshold": z.param_persistence_threshold,
             "stage3_gather_16bit_weights_on_model_save": False,
         })
-    return {
+    ds: dict[str, Any] = {
         "train_batch_size": t.global_batch_size,
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": accum,
@@ -94,6 +100,9 @@ def build_deepspeed_config(cfg: PretrainConfig, world_size: int) -> dict[str, An
         "wall_clock_breakdown": False,
         "zero_allow_untested_optimizer": True,
     }
+    if load_universal:
+        ds["checkpoint"] = {"load_universal": True}
+    return ds
 
 
 def model_dtype(cfg: PretrainConfig) -> torch.dtype:

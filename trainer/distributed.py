@@ -63,6 +63,14 @@ def mean_over_ranks(values: Sequence[float]) -> list[float]:
     return t.tolist()
 
 
+def max_over_ranks(values: Sequence[float]) -> list[float]:
+    """Element-wise maximum of a fixed-length list of floats over ranks (collective)."""
+    t = torch.tensor(list(values), dtype=torch.float64)
+    if dist.is_initialized() and world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
+
+
 def broadcast_object(obj: object) -> object:
     """Rank 0's value of ``obj`` on every rank."""
     if not dist.is_initialized() or world_size() == 1:

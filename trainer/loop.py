@@ -1,8 +1,13 @@
 """The training loop around one DeepSpeed engine: data -> recipe.forward -> backward/step,
-metrics every N steps, checkpoints on a cadence, on preemption signals and at the end."""
+metrics every N steps, checkpoints on a cadence, on preemption signals and at the end.
+
+Steps are numbered from 1 as logged and checkpointed: step N is the N-th optimizer step, and
+``step_0000000N`` holds the state after it.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -13,19 +18,27 @@ from typing import Any
 import torch
 
 from trainer import distributed as dist_utils
-from trainer.checkpoint import CheckpointManager, find_resume_checkpoint
+from trainer import faults
+from trainer.checkpoint import CheckpointManager, find_resume_checkpoint, needs_universal
 from trainer.config import PretrainConfig
 from trainer.config_io import dump_config
-from trainer.deepspeed_config import build_deepspeed_config, gradient_accumulation_steps, parameter_groups
+from trainer.deepspeed_config import gradient_accumulation_steps
+from trainer.engine import build_engine, sync_lr_schedule
+from trainer.flops import count_flops, device_peak_flops
+from trainer.media import collect_media, has_media, write_pngs
 from trainer.metrics import MetricAccumulator, MetricsSink
 from trainer.model_hooks import QuantizerHooks
+from trainer.nonfinite import NonFiniteGuard, NonFiniteLossError
+from trainer.profiling import StepProfiler
+from trainer.progress import ProgressBar
 from trainer.signals import PreemptionFlag
+from trainer.throughput import ThroughputModel, tokens_per_sample
+from trainer.throughput_report import write_report
+from trainer.timing import StepTimer, peak_memory_gib
 
 log = logging.getLogger(__name__)
 
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN/inf; names the step and the offending loss terms."""
+__all__ = ["NonFiniteLossError", "run"]
 
 
 def _setup_logging() -> None:
@@ -40,21 +53,17 @@ def _move(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
-def _check_finite(loss: torch.Tensor, metrics: dict[str, Any], step: int) -> None:
-    if torch.isfinite(loss.detach()).all():
-        return
-    bad = [k for k, v in metrics.items() if isinstance(v, torch.Tensor) and not torch.isfinite(v.detach()).all()]
-    raise NonFiniteLossError(
-        f"non-finite loss at step {step}" + (f" in {', '.join(sorted(bad))}" if bad else "")
-    )
+def _write_run_config(run_dir: Path, config_yaml: str) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    tmp = run_dir / ".config.yaml.tmp"
+    tmp.write_text(config_yaml)
+    os.replace(tmp, run_dir / "config.yaml")
 
 
 def run(cfg: PretrainConfig) -> dict[str, Any]:
-    """Train according to ``cfg``; returns a summary (final step, last metrics)."""
-    import deepspeed  # deferred: importing it probes accelerators
-
+    """Train according to ``cfg``; returns a summary (final step, exit reason, last metrics)."""
     from data_service.pipeline import build_data
-    from model.factory import build_model
 
     dist_utils.init_distributed()
     _setup_logging()
@@ -63,118 +72,214 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
     config_yaml = dump_config(cfg)
 
     resume_from = find_resume_checkpoint(cfg.resume, run_dir)  # fails fast on a dirty run dir
+    universal = needs_universal(resume_from, world, cfg.checkpoint.convert_on_world_size_change)
     dist_utils.barrier()
     if dist_utils.is_main():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "checkpoints").mkdir(exist_ok=True)
-        tmp = run_dir / ".config.yaml.tmp"
-        tmp.write_text(config_yaml)
-        os.replace(tmp, run_dir / "config.yaml")
+        _write_run_config(run_dir, config_yaml)
     dist_utils.barrier()
 
-    torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
     accum = gradient_accumulation_steps(cfg, world)
     data = build_data(cfg.data, rank=rank, world_size=world, micro_batch_size=cfg.trainer.micro_batch_size,
                       grad_accum=accum, is_local_leader=dist_utils.local_rank() == 0, barrier=dist_utils.barrier)
-    model = build_model(cfg.model, cfg.data)
-    n_params = sum(p.numel() for p in model.parameters())
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info("model %s: %.2fM parameters (%.2fM trainable); world %d, micro %d x accum %d = global %d",
-             type(model).__name__, n_params / 1e6, n_train / 1e6, world, cfg.trainer.micro_batch_size, accum,
-             cfg.trainer.global_batch_size)
+    engine, scheduler = build_engine(cfg, world, load_universal=universal)
 
-    ds_config = build_deepspeed_config(cfg, world)
-    engine, _, _, scheduler = deepspeed.initialize(
-        model=model, model_parameters=parameter_groups(model, cfg.optim.weight_decay), config=ds_config)
-    device = engine.device
-    quantizer_hooks = QuantizerHooks(engine.module, cfg.trainer.zero.stage)
-
-    ckpt = CheckpointManager(run_dir, cfg.checkpoint.keep_last)
-    start_step = 0
+    ckpt = CheckpointManager(run_dir, cfg.checkpoint.keep_last, cfg.checkpoint.convert_workers)
+    start_step, skipped_total = 0, 0
     if resume_from is not None:
-        state = ckpt.load(engine, resume_from)
+        state = ckpt.load(engine, resume_from, cfg.run.seed)
         start_step = int(state["step"])
+        skipped_total = int(state.get("nonfinite_skipped_total", 0))
         data.client.load_state_dict(state["data"], allow_new_plan=cfg.data.allow_new_plan)
-    # Per-rank RNG streams differ (noise samples) but are reproducible from the seed.
-    if resume_from is None:
+        if int(state.get("global_batch_size", cfg.trainer.global_batch_size)) != cfg.trainer.global_batch_size:
+            log.warning("global batch size changed %s -> %d on resume; the sample sequence continues, the lr "
+                        "schedule counts optimizer steps",
+                        state.get("global_batch_size"), cfg.trainer.global_batch_size)
+    else:
+        # Per-rank RNG streams differ (noise samples) but are reproducible from the seed.
         torch.manual_seed(cfg.run.seed * 1000 + rank + 1)
+    sync_lr_schedule(scheduler, resumed=resume_from is not None)
 
-    sink = MetricsSink(run_dir, cfg, json.loads(json.dumps(_plain(cfg))), start_step)
-    samples_file = open(run_dir / f"samples.rank{rank}.jsonl", "a", buffering=1) if cfg.data.log_sample_ids else None
-    preempt = PreemptionFlag()
-    if cfg.checkpoint.save_on_signal:
-        preempt.install()
-
-    def save(step: int) -> None:
-        state = {"step": step, "world_size": world, "data": data.client.state_dict(),
-                 "global_batch_size": cfg.trainer.global_batch_size}
-        ckpt.save(engine, step, state, config_yaml, data.normalization_stats())
-
-    acc = MetricAccumulator()
-    window_t0 = time.perf_counter()
-    window_wait = 0.0
-    window_steps = 0
-    last_record: dict[str, Any] = {}
-    step = start_step
-    exit_reason = "max_steps"
-    engine.train()
+    trainer = _Trainer(cfg, engine, data, ckpt, config_yaml, start_step, skipped_total, accum)
     try:
-        while step < cfg.trainer.max_steps:
-            for micro in range(accum):
-                t0 = time.perf_counter()
-                batch = data.client.next_micro_batch()
-                window_wait += time.perf_counter() - t0
-                if samples_file is not None:
-                    samples_file.write(json.dumps({"step": step, "micro": micro, "rank": rank,
-                                                   "sample_ids": batch["sample_id"].tolist()}) + "\n")
-                loss, metrics = engine(_move(batch, device))
-                _check_finite(loss, metrics, step)
-                engine.backward(loss)
+        summary = trainer.train()
+    finally:
+        trainer.close()
+    dist_utils.barrier()
+    log.info("done: step %d (%s)", summary["step"], summary["exit_reason"])
+    return summary
+
+
+class _Trainer:
+    """State of one training run between engine setup and exit."""
+
+    def __init__(self, cfg: PretrainConfig, engine: Any, data: Any, ckpt: CheckpointManager,
+                 config_yaml: str, start_step: int, skipped_total: int, accum: int) -> None:
+        self.cfg, self.engine, self.data, self.ckpt = cfg, engine, data, ckpt
+        self.config_yaml, self.start_step, self.accum = config_yaml, start_step, accum
+        self.rank, self.world = dist_utils.rank(), dist_utils.world_size()
+        self.run_dir = Path(cfg.run.dir)
+        self.device = engine.device
+        self.quantizer_hooks = QuantizerHooks(engine.module, cfg.trainer.zero.stage)
+        self.guard = NonFiniteGuard(cfg.trainer.max_nonfinite_steps, skipped_total)
+        self.timer = StepTimer(sync=cfg.logging.sync_timing)
+        self.acc = MetricAccumulator()
+        self.profiler = StepProfiler(cfg.profile, self.run_dir, self.rank)
+        device_name, peak = device_peak_flops(cfg.logging.peak_tflops)
+        self.device_name = device_name
+        self.rates = ThroughputModel(cfg.trainer.global_batch_size, self.world, accum, peak_flops=peak)
+        self.sink = MetricsSink(self.run_dir, cfg, json.loads(json.dumps(_plain(cfg))), start_step)
+        self.bar = ProgressBar(cfg.logging.progress_bar and dist_utils.is_main(), cfg.trainer.max_steps, start_step)
+        self.samples_file = (open(self.run_dir / f"samples.rank{self.rank}.jsonl", "a", buffering=1)
+                             if cfg.data.log_sample_ids else None)
+        self.preempt = PreemptionFlag()
+        if cfg.checkpoint.save_on_signal:
+            self.preempt.install()
+        self.media = cfg.logging.media_every > 0 and has_media(engine.module)
+        self.window_steps = 0
+        self.last_record: dict[str, Any] = {}
+
+    # --- one optimizer step ------------------------------------------------------------------
+    def _train_step(self, step: int) -> tuple[bool, dict[str, Any]]:
+        """Run optimizer step ``step``; returns (skipped, its last micro batch)."""
+        engine, guard, timer = self.engine, self.guard, self.timer
+        faults.maybe_kill("kill_at_step", step)
+        guard.begin_step()
+        step_metrics: list[dict[str, Any]] = []
+        loss_nonfinite = False
+        batch: dict[str, Any] = {}
+        for micro in range(self.accum):
+            with timer.phase("data"):
+                batch = self.data.client.next_micro_batch()
+            if self.samples_file is not None:
+                self.samples_file.write(json.dumps({"step": step, "micro": micro, "rank": self.rank,
+                                                    "sample_ids": batch["sample_id"].tolist()}) + "\n")
+            batch = faults.maybe_poison_batch(_move(batch, self.device), step, self.rank, micro)
+            measure = self.rates.flops_per_micro_step is None and self.cfg.logging.measure_flops and micro == 0
+            with count_flops() if measure else contextlib.nullcontext() as flops:
+                with timer.phase("forward"):
+                    loss, metrics = engine(batch)
+                guard.observe(loss)
+                step_metrics.append({"loss": loss.detach(), **metrics})
+                if micro == self.accum - 1:
+                    loss_nonfinite = guard.any_rank_nonfinite()  # the step's one collective decision
+                    if loss_nonfinite:
+                        loss = guard.poison(loss)
+                with timer.phase("backward"):
+                    engine.backward(loss)
+            if measure:
+                counted = flops()
+                self.rates.flops_per_micro_step = counted.total
+                log.info("measured %.3g FLOPs per micro step per rank (forward + backward%s)", counted.total,
+                         f"; {counted.recompute:.3g} recomputed by activation checkpointing, excluded"
+                         if counted.recompute else "")
+            with timer.phase("optimizer"):
                 engine.step()
-                acc.add({"loss": loss, **metrics})
-            data.client.step_done()
-            acc.add(quantizer_hooks.after_step())
-            step += 1
-            window_steps += 1
+        skipped = guard.end_step(step, engine.was_step_applied(), loss_nonfinite, step_metrics)
+        if not skipped:
+            for m in step_metrics:
+                self.acc.add(m)
+        self.acc.add(self.quantizer_hooks.after_step())
+        self.data.client.step_done()
+        return skipped, batch
 
+    # --- the loop ----------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        cfg = self.cfg
+        step = self.start_step
+        exit_reason = "max_steps"
+        self.engine.train()
+        while step < cfg.trainer.max_steps:
+            n = step + 1
+            self.profiler.step_started(n)
+            self.timer.sync = cfg.logging.sync_timing or self.profiler.active(n)
+            skipped, batch = self._train_step(n)
+            step = n
+            phases = self.timer.end_step()
+            self.window_steps += 1
+            if self.profiler.step_finished(step, phases):
+                self._write_profile_report()
             if step % cfg.trainer.log_every == 0 or step == cfg.trainer.max_steps:
-                reduced = acc.reduce()
-                elapsed = time.perf_counter() - window_t0
-                grad_norm = engine.get_global_grad_norm()
-                record = {
-                    "step": step,
-                    **reduced,
-                    "lr": float(scheduler.get_last_lr()[0]) if scheduler is not None else cfg.optim.lr,
-                    "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                    "samples_per_s": window_steps * cfg.trainer.global_batch_size / elapsed,
-                    "step_time_s": elapsed / window_steps,
-                    "data_wait_frac": window_wait / elapsed,
-                    "consumed_samples": data.client.consumed,
-                    "epoch": data.plan.epoch_of(data.client.consumed),
-                    **{k: float(v) for k, v in zip(*_reduce_data_stats(data.stats.pop()))},
-                    "time": time.time(),
-                }
-                sink.write(record)
-                last_record = record
-                window_t0, window_wait, window_steps = time.perf_counter(), 0.0, 0
+                self._log(step)
+            if self.media and step % cfg.logging.media_every == 0:
+                self._write_media(step, batch)
+            self.bar.update(self.last_record.get("loss") if self.last_record.get("step") == step else None)
 
-            stop = dist_utils.any_rank(preempt.requested)
+            stop = dist_utils.any_rank(self.preempt.requested)
             if stop or (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0) or (
                 step == cfg.trainer.max_steps and cfg.checkpoint.save_final
             ):
-                save(step)
+                self._save(step)
             if stop:
                 exit_reason = "preempted"
                 log.warning("checkpointed step %d after a preemption signal; exiting", step)
                 break
-    finally:
-        data.client.close()
-        sink.close()
-        if samples_file is not None:
-            samples_file.close()
-    dist_utils.barrier()
-    log.info("done: step %d (%s)", step, exit_reason)
-    return {"step": step, "exit_reason": exit_reason, "last": last_record}
+        return {"step": step, "exit_reason": exit_reason, "last": self.last_record}
+
+    def _save(self, step: int) -> None:
+        if step == self.start_step:
+            return  # the checkpoint we resumed from already holds this state
+        state = {"step": step, "world_size": self.world, "data": self.data.client.state_dict(),
+                 "global_batch_size": self.cfg.trainer.global_batch_size,
+                 "nonfinite_skipped_total": self.guard.skipped_total}
+        self.ckpt.save(self.engine, step, state, self.config_yaml, self.data.normalization_stats())
+
+    def _log(self, step: int) -> None:
+        reduced = self.acc.reduce()
+        times = self.timer.pop_window(self.window_steps)
+        tps = tokens_per_sample(self.engine.module, reduced, self.cfg.trainer.micro_batch_size)
+        rates = self.rates.rates(self.window_steps, times["time/window_s"], tps)
+        mem = peak_memory_gib()
+        mem = dict(zip(mem, dist_utils.max_over_ranks(list(mem.values()))))
+        data_keys, data_values = _reduce_data_stats(self.data.stats.pop())
+        grad_norm = self.engine.get_global_grad_norm()
+        record = {
+            "step": step,
+            **reduced,
+            "lr": float(self.engine.get_lr()[0]),  # of the next update
+            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+            **rates,
+            "step_time_s": times["time/step_s"],
+            "data_wait_frac": times["time/data_s"] / max(times["time/step_s"], 1e-12),
+            **{k: v for k, v in times.items() if k != "time/window_s"},
+            **mem,
+            **self.guard.pop_window(),
+            "consumed_samples": self.data.client.consumed,
+            "epoch": self.data.plan.epoch_of(self.data.client.consumed),
+            **dict(zip(data_keys, data_values)),
+            "device": self.device_name,
+            "world_size": self.world,
+            "time": time.time(),
+        }
+        self.sink.write(record)
+        self.last_record = record
+        self.window_steps = 0
+
+    def _write_media(self, step: int, batch: dict[str, Any]) -> None:
+        images = collect_media(self.engine.module, batch)  # every rank: it runs the model
+        if dist_utils.is_main():
+            write_pngs(self.run_dir / "media", step, images)
+            self.sink.write_images(step, images)
+
+    def _write_profile_report(self) -> None:
+        if not dist_utils.is_main():
+            return
+        steps = self.profiler.steps
+        mean_step = sum(s["step"] for s in steps) / len(steps)
+        tps = float(self.last_record.get("tokens_per_sample", 1.0))
+        summary = {"device": self.device_name, "world size": self.world,
+                   "global batch (samples)": self.cfg.trainer.global_batch_size,
+                   "micro batch x accumulation": f"{self.cfg.trainer.micro_batch_size} x {self.accum}",
+                   **self.rates.rates(len(steps), mean_step * len(steps), tps), **peak_memory_gib(reset=False)}
+        md, png = write_report(self.profiler.out_dir, steps, summary, self.profiler.top_ops)
+        log.info("throughput report: %s%s", md, f", {png}" if png else "")
+
+    def close(self) -> None:
+        self.profiler.stop()
+        self.data.client.close()
+        self.sink.close()
+        self.bar.close()
+        if self.samples_file is not None:
+            self.samples_file.close()
 
 
 def _reduce_data_stats(stats: dict[str, float]) -> tuple[list[str], list[float]]:

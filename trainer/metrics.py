@@ -1,7 +1,8 @@
 """Metric aggregation and sinks: console, ``metrics.jsonl`` and (optionally) wandb.
 
-Recipes return a flat dict of scalars per micro step; the trainer sums them between log steps,
-averages over ranks once per log step (one small all-reduce), and hands one record to the sinks.
+Recipes return a flat dict of scalars per micro step; the trainer sums them between log steps
+(as device tensors: no host sync per micro step), averages over ranks once per log step (one
+small all-reduce), and hands one record to the sinks.
 """
 
 from __future__ import annotations
@@ -32,18 +33,24 @@ class MetricAccumulator:
     """Running sums of per-micro-step metrics between two log steps."""
 
     def __init__(self) -> None:
-        self._sums: dict[str, float] = defaultdict(float)
+        self._sums: dict[str, Any] = {}
         self._counts: dict[str, int] = defaultdict(int)
 
     def add(self, metrics: Mapping[str, Any]) -> None:
         for k, v in metrics.items():
-            self._sums[k] += to_float(v)
+            v = v.detach().float() if isinstance(v, torch.Tensor) else float(v)
+            self._sums[k] = self._sums[k] + v if k in self._sums else v
             self._counts[k] += 1
 
     def reduce(self) -> dict[str, float]:
         """Mean over micro steps, then over ranks (collective; key sets must agree across ranks)."""
         keys = sorted(self._sums)
-        local = [self._sums[k] / max(1, self._counts[k]) for k in keys]
+        sums = [self._sums[k] for k in keys]
+        tensors = [v.reshape(()) for v in sums if isinstance(v, torch.Tensor)]
+        # One device-to-host copy for all tensor metrics instead of one sync per key.
+        host = iter(torch.stack([t.to(tensors[0].device) for t in tensors]).cpu().tolist() if tensors else [])
+        local = [(next(host) if isinstance(v, torch.Tensor) else v) / max(1, self._counts[k])
+                 for k, v in zip(keys, sums)]
         values = dist_utils.mean_over_ranks(local)
         self._sums.clear()
         self._counts.clear()
@@ -100,6 +107,17 @@ class MetricsSink:
                 log.warning("wandb.log failed; disabling wandb for this run", exc_info=True)
                 self._wandb = None
 
+    def write_images(self, step: int, images: Mapping[str, Any]) -> None:
+        """Mirror media images to wandb (the PNG files are written by the trainer)."""
+        if not self.enabled or self._wandb is None or not images:
+            return
+        try:
+            import wandb
+
+            self._wandb.log({k: wandb.Image(v) for k, v in images.items()}, step=step)
+        except Exception:
+            log.warning("wandb image logging failed", exc_info=True)
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
@@ -108,11 +126,22 @@ class MetricsSink:
 
 
 def format_console(r: Mapping[str, Any]) -> str:
-    parts = [f"step {r['step']:>6d}", f"loss {r['loss']:.4f}"]
+    """One line per log step: losses, lr, grad norm, throughput, data wait, MFU, skips."""
+    parts = [f"step {r['step']:>6d}"]
+    if r.get("loss") is not None:
+        parts.append(f"loss {r['loss']:.4f}")
     for k in sorted(r):
-        if k.startswith("loss/"):
+        if k.startswith("loss/") and r[k] is not None:
             parts.append(f"{k[5:]} {r[k]:.4f}")
-    parts.append(f"lr {r['lr']:.2e}")
-    parts.append(f"{r['samples_per_s']:.1f} samples/s")
-    parts.append(f"data-wait {100 * r['data_wait_frac']:.0f}%")
+    if r.get("lr") is not None:
+        parts.append(f"lr {r['lr']:.2e}")
+    if r.get("grad_norm") is not None:
+        parts.append(f"gnorm {r['grad_norm']:.3f}")
+    parts.append(f"{r.get('samples_per_s', 0.0):.1f} samples/s")
+    if r.get("tflops") is not None:
+        mfu = f" (MFU {100 * r['mfu']:.1f}%)" if r.get("mfu") is not None else ""
+        parts.append(f"{r['tflops']:.3g} TFLOP/s{mfu}")
+    parts.append(f"data-wait {100 * r.get('data_wait_frac', 0.0):.0f}%")
+    if r.get("nonfinite/skipped_steps"):
+        parts.append(f"skipped {int(r['nonfinite/skipped_steps'])}")
     return " | ".join(parts)

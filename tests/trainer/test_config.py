@@ -78,3 +78,17 @@ def test_resolved_config_round_trips(tmp_path):
 def test_every_recipe_yaml_loads(recipe):
     cfg = load_config(["--config", str(Path(QUICKSTART).parent / recipe)])
     assert cfg.trainer.max_steps >= 0
+
+
+def test_new_sections_override_from_command_line():
+    cfg = load_config(["--config", QUICKSTART, "--profile.steps=3:5", "--logging.media_every=10",
+                       "--trainer.activation_checkpointing=true", "--trainer.checkpoint_block_classes=[Block, Layer]",
+                       "--checkpoint.convert_on_world_size_change=false"])
+    assert cfg.profile.window() == (3, 5) and cfg.logging.media_every == 10
+    assert cfg.trainer.checkpoint_block_classes == ["Block", "Layer"]
+    assert cfg.checkpoint.convert_on_world_size_change is False
+
+
+def test_bad_profile_steps_names_the_field():
+    with pytest.raises(ConfigError, match="profile.steps"):
+        load_config(["--config", QUICKSTART, "--profile.steps=9:2"])

@@ -38,3 +38,24 @@ def test_parameter_groups_exclude_frozen_and_split_decay():
     assert id(m[0].weight) in decay
     assert {id(m[0].bias), id(m[1].weight), id(m[1].bias), id(m[2].bias)} == no_decay
     assert id(m[2].weight) not in decay | no_decay  # frozen: not in the optimizer at all
+
+
+def test_zero_warmup_starts_at_full_lr_and_universal_flag():
+    from trainer.config import OptimConfig
+
+    cfg = PretrainConfig(optim=OptimConfig(warmup_steps=0))
+    params = build_deepspeed_config(cfg, world_size=1)["scheduler"]["params"]
+    assert params["warmup_num_steps"] >= 1 and params["warmup_min_ratio"] == 1.0
+    assert "checkpoint" not in build_deepspeed_config(cfg, 1)
+    assert build_deepspeed_config(cfg, 1, load_universal=True)["checkpoint"] == {"load_universal": True}
+    const = PretrainConfig(optim=OptimConfig(schedule="constant", warmup_steps=0, lr=0.5))
+    assert build_deepspeed_config(const, 1)["scheduler"]["params"]["warmup_min_lr"] == 0.5
+
+
+def test_stage_and_zero_init_validation():
+    from trainer.config import ZeroConfig
+
+    with pytest.raises(ValueError, match="zero.stage"):
+        ZeroConfig(stage=0)
+    with pytest.raises(ValueError, match="zero_init"):
+        TrainerConfig(zero_init=True, zero=ZeroConfig(stage=2))

@@ -1,0 +1,43 @@
+"""The MFU benchmark: full-size presets pass the model/data shape checks (built on the meta
+device, no memory), and a tiny CPU run produces its JSON report. The GPU numbers themselves come
+from running it on GPUs (see trainer/bench_mfu.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+from trainer.bench_mfu import FULL_SIZE, QUICKSTART, random_batch
+from trainer.config_io import load_config
+
+
+@pytest.mark.parametrize("recipe", sorted(FULL_SIZE))
+def test_full_size_presets_build(recipe):
+    from model.factory import build_model
+
+    cfg = load_config(["--config", str(QUICKSTART), f"--model.type={recipe}", *FULL_SIZE[recipe]])
+    with torch.device("meta"):
+        model = build_model(cfg.model, cfg.data)
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert total > 4e8 and 0 < trainable < total  # frozen towers are frozen
+    batch = random_batch(cfg, 2, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert batch["image_primary"].shape == (2, 3, 224, 224) and batch["image_primary"].dtype == torch.uint8
+
+
+@pytest.mark.slow
+def test_tiny_cpu_run_reports_json(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "trainer.bench_mfu", "--recipe", "lara", "--steps", "1", "--warmup", "1",
+           "--micro-batch", "2", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["flops_per_step_per_device"] > 0 and res["step_s"] > 0 and res["mfu"] is None  # CPU: no peak

@@ -1,0 +1,181 @@
+"""MFU and peak memory of a recipe at full size, on random weights and random batches.
+
+    python -m trainer.bench_mfu --recipe lara --full-size [--micro-batch 8] [--steps 10] [--out bench/results/x.json]
+    deepspeed --num_gpus 8 trainer/bench_mfu.py --recipe lara --full-size      (ZeRO-3 across 8 GPUs)
+
+Builds the recipe's module exactly as training does (``trainer.engine.build_engine``: one
+DeepSpeed engine, frozen towers frozen, optional activation checkpointing), feeds batches of the
+data schema's shapes drawn at random (no dataset needed), and reports measured FLOPs per step
+(FlopCounterMode on a real step), step time, samples/s, TFLOP/s per device, MFU and peak memory
+as one JSON object. Without ``--full-size`` the recipe's own (tiny) sizes are used, which is how
+it is smoke-tested on CPU. Extra ``--a.b=value`` flags override any config field.
+
+Full-size presets follow the reference models (../shared/anchors/models.md): the VL backbone
+stand-in at the width and depth of the Eagle/Qwen3-VL layers GR00T keeps (2048 wide, 12 layers,
+frozen), the Moto LAM (frozen ViT-MAE-Large-sized frame encoder at 224 px / patch 16, M-Former
+768 x 4, decoder 768 x 12) and the GR00T N1.5 flow-matching DiT (1536 = 32 x 48, 16 blocks).
+The backbone and encoder are this repo's stand-in modules at those sizes, not the pretrained
+ones, so FLOPs match the architecture class, not the checkpoint byte for byte.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script by the deepspeed launcher
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+FULL_SIZE: dict[str, list[str]] = {
+    "lara": [
+        "--data.image_size=224", "--data.action_horizon=16", "--data.max_action_dim=32", "--data.max_proprio_dim=64",
+        "--model.backbone.image_size=224", "--model.backbone.patch_size=16", "--model.backbone.dim=2048",
+        "--model.backbone.depth=12", "--model.backbone.heads=16", "--model.backbone.frozen=true",
+        "--model.lam.image_size=224", "--model.lam.patch_size=16", "--model.lam.encoder.dim=1024",
+        "--model.lam.encoder.depth=24", "--model.lam.encoder.heads=16", "--model.lam.encoder.frozen=true",
+        "--model.lam.dim=768", "--model.lam.depth=4", "--model.lam.heads=12", "--model.lam.decoder_dim=768",
+        "--model.lam.decoder_depth=12", "--model.lam.decoder_heads=12",
+        "--model.head.action_horizon=16", "--model.head.action_dim=32", "--model.head.proprio_dim=64",
+        "--model.head.num_embodiments=32", "--model.head.hidden_dim=1024", "--model.head.dim=1536",
+        "--model.head.depth=16", "--model.head.heads=32", "--model.head.output_dim=1024",
+    ],
+    "lam": [
+        "--data.image_size=224", "--model.lam.image_size=224", "--model.lam.patch_size=16",
+        "--model.lam.encoder.dim=1024", "--model.lam.encoder.depth=24", "--model.lam.encoder.heads=16",
+        "--model.lam.encoder.frozen=true", "--model.lam.dim=768", "--model.lam.depth=4", "--model.lam.heads=12",
+        "--model.lam.decoder_dim=768", "--model.lam.decoder_depth=12", "--model.lam.decoder_heads=12",
+    ],
+}
+"""Per recipe: overrides that turn the default (tiny) recipe into its full-size architecture.
+Recipes without an entry (e.g. the Pixels-to-Tokens baseline until it is registered) need
+explicit ``--model.*`` overrides."""
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+
+
+def random_batch(cfg: Any, batch_size: int, device: torch.device, generator: torch.Generator) -> dict[str, Any]:
+    """A batch with the data schema's keys and this config's shapes (data_service/schema.py)."""
+    d = cfg.data
+    h = d.image_size
+    n, a, p = d.action_horizon, d.max_action_dim, d.max_proprio_dim
+
+    def img() -> torch.Tensor:
+        return torch.randint(0, 256, (batch_size, 3, h, h), dtype=torch.uint8, generator=generator)
+
+    num_embodiments = getattr(getattr(cfg.model, "head", None), "num_embodiments", 1)
+    batch = {
+        "sample_id": torch.arange(batch_size),
+        "image_primary": img(), "image_future": img(), "image_wrist": img(),
+        "has_wrist": torch.ones(batch_size, dtype=torch.bool),
+        "proprio": torch.randn(batch_size, p, generator=generator),
+        "proprio_dim_mask": torch.ones(batch_size, p, dtype=torch.bool),
+        "action": torch.randn(batch_size, n, a, generator=generator),
+        "action_valid": torch.ones(batch_size, n, dtype=torch.bool),
+        "action_dim_mask": torch.ones(batch_size, a, dtype=torch.bool),
+        "has_action": torch.ones(batch_size, dtype=torch.bool),
+        "embodiment_id": torch.randint(0, num_embodiments, (batch_size,), generator=generator),
+        "dataset_id": torch.zeros(batch_size, dtype=torch.long),
+    }
+    out: dict[str, Any] = {k: v.to(device) for k, v in batch.items()}
+    out["language"] = ["pick up the red block and place it in the bowl"] * batch_size
+    return out
+
+
+def bench(argv: list[str]) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m trainer.bench_mfu", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipe", default="lara", help="model.type to benchmark")
+    parser.add_argument("--full-size", action="store_true", help="apply the recipe's full-size preset")
+    parser.add_argument("--micro-batch", type=int, default=8, help="samples per rank per step")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps (after --warmup)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--precision", default="bf16" if torch.cuda.is_available() else "fp32")
+    parser.add_argument("--config", default=str(QUICKSTART), help="base recipe YAML")
+    parser.add_argument("--out", default="", help="also write the result JSON here")
+    args, overrides = parser.parse_known_args(argv)
+    overrides = [a for a in overrides if not a.startswith("--local_rank")]
+
+    from trainer import distributed as dist_utils
+    from trainer.config_io import load_config
+    from trainer.engine import build_engine
+    from trainer.flops import count_flops, device_peak_flops
+    from trainer.timing import peak_memory_gib
+
+    dist_utils.init_distributed()
+    world = dist_utils.world_size()
+    preset = FULL_SIZE.get(args.recipe, []) if args.full_size else []
+    if args.full_size and not preset:
+        raise SystemExit(f"no full-size preset for recipe {args.recipe!r}; pass --model.* overrides instead")
+    cfg = load_config(["--config", args.config, f"--model.type={args.recipe}", *preset,
+                       f"--trainer.micro_batch_size={args.micro_batch}",
+                       f"--trainer.global_batch_size={args.micro_batch * world}",
+                       f"--trainer.precision={args.precision}", "--trainer.max_steps=1000000",
+                       "--data.synthetic.enabled=false", *overrides])
+    engine, _ = build_engine(cfg, world)
+    engine.train()
+    gen = torch.Generator().manual_seed(dist_utils.rank())
+    cuda = torch.cuda.is_available()
+
+    def step(measure: bool = False) -> int:
+        batch = random_batch(cfg, args.micro_batch, engine.device, gen)
+        flops = 0
+        if measure:
+            with count_flops() as counted:
+                loss, _ = engine(batch)
+                engine.backward(loss)
+            flops = counted().total
+        else:
+            loss, _ = engine(batch)
+            engine.backward(loss)
+        engine.step()
+        return flops
+
+    flops_per_step = step(measure=True)
+    for _ in range(max(0, args.warmup - 1)):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - t0) / max(1, args.steps)
+    device, peak = device_peak_flops(cfg.logging.peak_tflops)
+    n_params = sum(int(getattr(p, "ds_numel", p.numel())) for p in engine.module.parameters())
+    n_train = sum(int(getattr(p, "ds_numel", p.numel())) for p in engine.module.parameters() if p.requires_grad)
+    result = {
+        "recipe": args.recipe, "full_size": args.full_size, "device": device, "world_size": world,
+        "precision": args.precision, "micro_batch": args.micro_batch,
+        "activation_checkpointing": cfg.trainer.activation_checkpointing,
+        "params": n_params, "trainable_params": n_train,
+        "flops_per_step_per_device": flops_per_step, "step_s": seconds,
+        "samples_per_s": args.micro_batch * world / seconds,
+        "tflops_per_device": flops_per_step / seconds / 1e12,
+        "mfu": flops_per_step / seconds / peak if peak else None,
+        **peak_memory_gib(reset=False),
+        "torch": torch.__version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    if dist_utils.is_main():
+        print(json.dumps(result, indent=2))
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def main() -> int:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    bench(sys.argv[1:])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""One DeepSpeed engine around the recipe module: build (optionally sharded at construction),
+activation checkpointing, optimizer groups of trainable parameters only."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainer.activation_checkpointing import apply_activation_checkpointing
+from trainer.config import PretrainConfig
+from trainer.deepspeed_config import build_deepspeed_config, gradient_accumulation_steps, parameter_groups
+
+log = logging.getLogger(__name__)
+
+
+def _numel(p: nn.Parameter) -> int:
+    return int(getattr(p, "ds_numel", p.numel()))  # zero.Init leaves an empty local tensor
+
+
+def build_engine(cfg: PretrainConfig, world_size: int, load_universal: bool = False) -> tuple[Any, Any]:
+    """Returns ``(engine, lr_scheduler)``. Every rank builds the same initial weights (shared seed)."""
+    import deepspeed
+
+    from model.factory import build_model
+
+    ds_config = build_deepspeed_config(cfg, world_size, load_universal=load_universal)
+    torch.manual_seed(cfg.run.seed)
+    # zero.Init partitions each parameter as its module is constructed, so a model larger than
+    # one device never exists whole on any rank. Plain construction is the default: it gives
+    # bit-identical initial weights across configurations.
+    init = deepspeed.zero.Init(config_dict_or_path=ds_config) if cfg.trainer.zero_init else contextlib.nullcontext()
+    with init:
+        model = build_model(cfg.model, cfg.data)
+    if cfg.trainer.activation_checkpointing:
+        n = apply_activation_checkpointing(model, cfg.trainer.checkpoint_block_classes)
+        log.info("activation checkpointing: %d blocks", n)
+
+    n_params = sum(_numel(p) for p in model.parameters())
+    n_train = sum(_numel(p) for p in model.parameters() if p.requires_grad)
+    accum = gradient_accumulation_steps(cfg, world_size)
+    log.info("model %s: %.2fM parameters (%.2fM trainable, %.2fM frozen); world %d, micro %d x accum %d = global %d",
+             type(model).__name__, n_params / 1e6, n_train / 1e6, (n_params - n_train) / 1e6, world_size,
+             cfg.trainer.micro_batch_size, accum, cfg.trainer.global_batch_size)
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=model, model_parameters=parameter_groups(model, cfg.optim.weight_decay), config=ds_config)
+    return engine, scheduler
+
+
+def sync_lr_schedule(scheduler: Any, resumed: bool) -> None:
+    """Put the schedule's lr for the coming update into the optimizer.
+
+    DeepSpeed's schedulers start at iteration -1, whose lr is 0, and are stepped after each
+    update: without this, the first update of a fresh run is wasted. After a resume (notably a
+    universal one, which rebuilds the optimizer's param groups) the lr of the loaded iteration is
+    re-applied rather than trusted from the optimizer state.
+    """
+    if scheduler is None:
+        return
+    if resumed:
+        scheduler.step(scheduler.last_batch_iteration)
+    else:
+        scheduler.step()

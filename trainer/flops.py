@@ -1,0 +1,72 @@
+"""FLOPs measured on a real training step, and peak device FLOP/s for MFU.
+
+The 6N rule does not hold for a VLA: frozen towers cost a forward only (~2N per token, no weight
+gradients), image and latent-action tokens are not text tokens, and attention over long visual
+sequences adds FLOPs that N misses. So the trainer counts what one forward + backward actually
+executes (``torch.utils.flop_counter.FlopCounterMode``: matmuls, convolutions, attention), once,
+on its first micro step, and reuses that number. Recomputation by activation checkpointing is
+subtracted: MFU uses model FLOPs, not executed FLOPs. The optimizer update is not counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+
+from trainer.activation_checkpointing import count_recompute_flops
+
+# Dense bf16 tensor-core peak per device. Order matters: the first substring found in
+# ``torch.cuda.get_device_name()`` wins, so specific variants precede the family name.
+PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
+    ("GB200", 2.5e15),
+    ("B200", 2.25e15),
+    ("H200", 989e12),
+    ("H100 NVL", 835e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),  # SXM (reported as e.g. "NVIDIA H100 80GB HBM3")
+    ("A100", 312e12),
+)
+
+
+def peak_flops_for(device_name: str) -> float | None:
+    """Peak bf16 dense FLOP/s of a GPU named like ``torch.cuda.get_device_name()``; None if unknown."""
+    for key, peak in PEAK_BF16_FLOPS:
+        if key.lower() in device_name.lower():
+            return peak
+    return None
+
+
+def device_peak_flops(override_tflops: float = 0.0) -> tuple[str, float | None]:
+    """(device name, peak FLOP/s or None). CPU runs have no meaningful peak, hence no MFU."""
+    if not torch.cuda.is_available():
+        return "cpu", None
+    name = torch.cuda.get_device_name()
+    if override_tflops > 0:
+        return name, override_tflops * 1e12
+    return name, peak_flops_for(name)
+
+
+@dataclass
+class StepFlops:
+    """FLOPs of one micro step (forward + backward) on one rank."""
+
+    total: int
+    """Model FLOPs (executed minus activation-checkpoint recomputation)."""
+    recompute: int
+    """FLOPs re-executed by activation checkpointing (not in ``total``)."""
+
+
+@contextlib.contextmanager
+def count_flops() -> Iterator[Callable[[], StepFlops]]:
+    """Count FLOPs of the code inside; the yielded function returns them after the block."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    result: list[StepFlops] = []
+    with count_recompute_flops() as recompute, counter:
+        yield lambda: result[0]
+    executed = int(counter.get_total_flops())
+    result.append(StepFlops(total=executed - int(recompute[0]), recompute=int(recompute[0])))
