@@ -17,6 +17,7 @@ if _ROOT not in sys.path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from launcher.exit_codes import EXIT_CONFIG_ERROR, EXIT_NONFINITE, EXIT_OK, EXIT_PREEMPTED
     from trainer.config_io import ConfigError, load_config
 
     args = sys.argv[1:] if argv is None else argv
@@ -24,15 +25,16 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG_ERROR
     from trainer.loop import NonFiniteLossError, run
 
     try:
-        run(cfg)
+        summary = run(cfg)
     except NonFiniteLossError as e:  # a diagnosis, not a crash: no traceback
         print(f"training stopped: {e}", file=sys.stderr)
-        return 3
-    return 0
+        return EXIT_NONFINITE
+    # A preemption checkpoint is "try again": the SLURM script requeues on it.
+    return EXIT_PREEMPTED if summary.get("exit_reason") == "preempted" else EXIT_OK
 
 
 if __name__ == "__main__":
