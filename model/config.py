@@ -52,32 +52,90 @@ class BackboneConfig:
 
 @dataclass
 class FrameEncoderConfig:
-    """Per-frame encoder of the LAM (tiny ViT here; a frozen HF ViT-MAE later)."""
+    """Per-frame encoder of the LAM: a tiny trainable ViT (CPU default) or a frozen Hugging Face model."""
 
+    kind: str = "tiny"
+    """``tiny`` (patch embedding + a few blocks, trainable unless ``frozen``) or ``hf`` (a frozen
+    transformers ViTModel / Dinov2Model / ViTMAEModel loaded with ``from_pretrained(pretrained_path)``)."""
+    pretrained_path: str = ""
+    """Local directory of the HF model (``kind: hf``): config.json + weights, optionally preprocessor_config.json."""
+    input_size: int = 0
+    """Side the frames are resized to for the HF model; 0 = its config.image_size (DINOv2: set 224)."""
     dim: int = 64
-    """Token width (Moto: ViT-MAE-Large, 1024)."""
+    """Token width of the tiny encoder (``kind: hf`` takes the model's hidden size; Moto: MAE-Large 1024)."""
     depth: int = 1
     """Transformer layers after the patch embedding (0 = patch embedding only)."""
     heads: int = 4
     """Attention heads."""
     frozen: bool = False
-    """Freeze the encoder (Moto/LARA freeze their pretrained MAE; a random tiny one should train)."""
+    """Freeze the tiny encoder (``hf`` encoders are always frozen, as Moto's MAE and UniVLA's DINOv2)."""
+
+    def __post_init__(self) -> None:
+        _check(self.kind in ("tiny", "hf"), f"encoder.kind must be 'tiny' or 'hf', got {self.kind!r}")
+        _check(self.kind != "hf" or bool(self.pretrained_path), "encoder.kind=hf needs encoder.pretrained_path")
 
 
 @dataclass
 class QuantizerConfig:
-    """Straight-through VQ (Moto/LARA: 128 codes x 32-d, beta 0.25)."""
+    """Vector quantizer of the LAM latent (model/quantizer.py).
 
-    num_codes: int = 128
-    """Codebook size K."""
+    Reference settings: Moto/LARA ``st`` 128 codes x 32-d, beta 0.25, no restart; LAPA ``nsvq`` 8 x 32
+    with the restart schedule [[100,10],[1000,100],[5000,500]]; UniVLA ``st`` 16 x 128, beta 0.25.
+    """
+
+    kind: str = "st"
+    """``st`` (straight-through, gradient-learned codebook), ``ema`` (EMA codebook, commitment loss
+    only) or ``nsvq`` (LAPA noise substitution, no quantizer loss)."""
+    num_codes: int = 16
+    """Codebook size K (a tiny CPU LAM used ~10 of 128 codes; 16 is UniVLA's size)."""
+    codebook_dim: int = 0
+    """Lookup dimension; 0 = the latent dim, smaller = quantize a Linear projection (low-dim codes)."""
+    cosine: bool = False
+    """l2-normalize inputs and codes before the lookup (cosine-similarity codebook)."""
     beta: float = 0.25
-    """Weight of the commitment term ||z - sg(q)||^2."""
+    """Weight of the commitment term ||z - sg(q)||^2 (st, ema)."""
+    ema_decay: float = 0.99
+    """EMA decay of cluster sizes and code sums (ema)."""
+    ema_eps: float = 1e-5
+    """Laplace smoothing of the EMA cluster sizes (ema)."""
     restart_window: int = 100
-    """Training steps between dead-code restarts (trainer-driven; 0 disables)."""
+    """Training forwards between dead-code restarts once past ``restart_schedule`` (trainer-driven; 0 disables)."""
+    restart_schedule: list[tuple[int, int]] = field(default_factory=list)
+    """(until_step, window) pairs used in order before ``restart_window`` applies, e.g. LAPA's
+    [[100, 10], [1000, 100], [5000, 500]] with restart_window 0 (frequent early, then none)."""
     dead_threshold: float = 1.0
     """A code used fewer times than this within the window (summed over ranks) is dead."""
-    restart_noise: float = 0.01
-    """Jitter std (relative to the encoder outputs' std) added to restarted codes."""
+    restart_noise: float = 0.1
+    """Jitter added to restarted codes, relative to the donor cluster's spread (codes) or the
+    candidates' std (batch)."""
+    restart_from: str = "codes"
+    """``codes``: split heavily used clusters (rank-identical: required with several ranks, whose
+    restarts are never broadcast); ``batch``: jump to this process's latest encoder outputs
+    (single-process runs only; refused once statistics came from several ranks)."""
+
+    def __post_init__(self) -> None:
+        _check(self.kind in ("st", "ema", "nsvq"), f"quantizer.kind must be st, ema or nsvq, got {self.kind!r}")
+        _check(self.restart_from in ("batch", "codes"), f"quantizer.restart_from must be batch or codes, got {self.restart_from!r}")
+        _check(self.kind != "ema" or self.restart_from == "codes",
+               "quantizer.kind=ema needs restart_from=codes (its buffer codebook is never broadcast)")
+        _check(self.num_codes >= 2, f"quantizer.num_codes must be >= 2, got {self.num_codes}")
+        _check(0.0 < self.ema_decay < 1.0, f"quantizer.ema_decay must be in (0, 1), got {self.ema_decay}")
+
+
+@dataclass
+class LamQuantizerConfig(QuantizerConfig):
+    """QuantizerConfig with the CPU defaults of the Moto-style LAM (a subclass, not a default_factory,
+    so a partial YAML ``quantizer:`` section keeps them). On the synthetic world (tests/test_lam_probe.py)
+    LAPA's NSVQ gave the most reliable motion tokens: without a commitment pull the tiny LAM's latent
+    keeps its motion information (direction-probe accuracy over seeds: straight-through 0.32-0.54, NSVQ 0.43-0.57,
+    chance 0.29)."""
+
+    kind: str = "nsvq"
+    """``st``, ``ema`` or ``nsvq`` (Moto: st)."""
+    restart_schedule: list[tuple[int, int]] = field(default_factory=lambda: [(100, 10), (300, 50)])
+    """(until_step, window) pairs before ``restart_window`` applies: every 10 steps until 100, every 50 until 300."""
+    restart_noise: float = 0.3
+    """Jitter of split codes relative to the donor cluster's spread (wide: copies must separate)."""
 
 
 @dataclass
@@ -98,16 +156,25 @@ class LamConfig:
     """M-Former attention heads (Moto: 12)."""
     num_queries: int = 8
     """Learnable latent-action queries Q (Moto/LARA: 8)."""
+    mformer_target: str = "difference"
+    """Target-frame stream of the M-Former: ``frame`` (Moto) or ``difference`` (target - cond tokens;
+    same information, static content cancels, so a small LAM learns motion instead of ignoring its latent)."""
     latent_dim: int = 32
     """Per-query continuous latent Dl after the tanh down-projection (Moto/LARA: 32)."""
-    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
-    """Vector quantizer (code_dim = latent_dim)."""
-    decoder_dim: int = 64
-    """Pixel decoder width (Moto: 768)."""
+    quantizer: LamQuantizerConfig = field(default_factory=LamQuantizerConfig)
+    """Vector quantizer of the Q x latent_dim latent (Moto: st, 128 codes, beta 0.25, no restarts; CPU: nsvq, 16)."""
+    decoder: str = "conv"
+    """Pixel decoder: ``vit`` (Moto: a ViT over x_t patches with the latent added to every patch) or
+    ``conv`` (latent-conditioned 3x3 convs at pixel resolution; a small one learns to use its latent fast on CPU)."""
+    decoder_dim: int = 32
+    """Pixel decoder width: ViT token width or conv channels (Moto: 768)."""
     decoder_depth: int = 2
-    """Pixel decoder layers (Moto: 12)."""
+    """Pixel decoder layers: ViT blocks or hidden conv layers (Moto: 12)."""
     decoder_heads: int = 4
-    """Pixel decoder attention heads (Moto: 12)."""
+    """Pixel decoder attention heads, ``vit`` only (Moto: 12)."""
+    decoder_residual: bool = True
+    """Decode x_{t+H} as x_t + a predicted change, so static pixels cost nothing and the loss is the
+    motion (Moto: False, its 12-layer decoder re-renders the whole frame)."""
     recon_weight: float = 1.0
     """Weight of the pixel MSE in the LAM loss (vq loss has weight 1, as in Moto)."""
 
@@ -115,6 +182,8 @@ class LamConfig:
         _check(self.image_size % self.patch_size == 0, f"lam.image_size {self.image_size} % patch_size {self.patch_size} != 0")
         _check(self.dim % self.heads == 0, f"lam.dim {self.dim} not divisible by heads {self.heads}")
         _check(self.decoder_dim % self.decoder_heads == 0, f"lam.decoder_dim {self.decoder_dim} not divisible by decoder_heads")
+        _check(self.decoder in ("vit", "conv"), f"lam.decoder must be 'vit' or 'conv', got {self.decoder!r}")
+        _check(self.mformer_target in ("frame", "difference"), f"lam.mformer_target must be 'frame' or 'difference', got {self.mformer_target!r}")
 
 
 @dataclass
@@ -191,3 +260,7 @@ class LamPretrainConfig(ModelConfig):
 
     lam: LamConfig = field(default_factory=LamConfig)
     """Latent action model."""
+
+
+# The LAPA / UniVLA LAM recipes register themselves on import (kept in their own module).
+from model import lam_config as _lam_config  # noqa: E402,F401

@@ -7,7 +7,8 @@ from typing import Any, Callable
 import torch.nn as nn
 
 from data_service.config import DataConfig
-from model.config import LamConfig, LamPretrainConfig, LaraConfig, ModelConfig
+from model.config import LamPretrainConfig, LaraConfig, ModelConfig
+from model.lam_config import LapaLamPretrainConfig, UnivlaLamPretrainConfig
 
 
 def _require_equal(pairs: list[tuple[str, Any, str, Any]]) -> None:
@@ -16,7 +17,7 @@ def _require_equal(pairs: list[tuple[str, Any, str, Any]]) -> None:
         raise ValueError("model and data configs disagree: " + "; ".join(bad))
 
 
-def _lam_pairs(lam: LamConfig, data: DataConfig) -> list[tuple[str, Any, str, Any]]:
+def _lam_pairs(lam: Any, data: DataConfig) -> list[tuple[str, Any, str, Any]]:
     return [("lam.image_size", lam.image_size, "image_size", data.image_size)]
 
 
@@ -35,7 +36,7 @@ def _build_lara(cfg: LaraConfig, data: DataConfig) -> nn.Module:
     return LaraPolicy(cfg)
 
 
-def _build_lam(cfg: LamPretrainConfig, data: DataConfig) -> nn.Module:
+def _build_lam(cfg: LamPretrainConfig | LapaLamPretrainConfig | UnivlaLamPretrainConfig, data: DataConfig) -> nn.Module:
     from model.recipes.lam_pretrain import LamPretrainPolicy
 
     _require_equal(_lam_pairs(cfg.lam, data))
@@ -45,6 +46,8 @@ def _build_lam(cfg: LamPretrainConfig, data: DataConfig) -> nn.Module:
 BUILDERS: dict[type, Callable[[Any, DataConfig], nn.Module]] = {
     LaraConfig: _build_lara,
     LamPretrainConfig: _build_lam,
+    LapaLamPretrainConfig: _build_lam,
+    UnivlaLamPretrainConfig: _build_lam,
 }
 """Recipe config class -> builder; later recipes (LAPA, Pixels-to-Tokens) register here."""
 

@@ -1,8 +1,13 @@
 """Moto/LARA-style latent action model (LAM).
 
   x_t, x_{t+H} --FrameEncoder--> tokens --M-Former(queries | cond | SEP | target)--> Q query states
-  --down (Linear, tanh, Linear; Moto's resampler)--> continuous latent [B,Q,Dl] --VQ--> quantized
-  --up--> fused into every x_t patch embedding --pixel decoder--> x_{t+H}
+  --down (Linear, tanh, Linear; Moto's resampler)--> continuous latent [B,Q,Dl] --quantizer--> quantized
+  --up--> pixel decoder conditioned on x_t --> x_{t+H}
+
+Moto's choices are config values (``mformer_target: frame``, ``decoder: vit`` with the latent added
+to every x_t patch embedding, ``decoder_residual: false``, a straight-through quantizer). The CPU
+defaults differ where a tiny model otherwise never starts using its latent: the M-Former reads
+(target - cond) tokens, a conv decoder predicts the change from x_t, the quantizer is NSVQ.
 
 The LAM module owns no parameters directly; every parameter lives in a submodule called through
 ``__call__`` so ZeRO-3 gathers it (``encode``/``decode`` are plain methods and stay safe).
@@ -10,7 +15,6 @@ The LAM module owns no parameters directly; every parameter lives in a submodule
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from typing import Any, NamedTuple
 
 import torch
@@ -18,51 +22,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.config import FrameEncoderConfig, LamConfig
+from model.config import LamConfig
+from model.frame_encoder import FrameEncoder, TinyViTEncoder, build_frame_encoder
 from model.layers import PatchEmbed, TransformerBlock, normalize_image, unpatchify
-from model.quantizer import VectorQuantizer
+from model.quantizer import build_quantizer
 
-
-class FrameEncoder(nn.Module, ABC):
-    """uint8 images ``[B,3,H,W]`` -> tokens ``[B, num_tokens, dim]`` (normalizes internally).
-
-    The seam for a frozen HF ViT (``from_pretrained``) that brings its own normalization.
-    """
-
-    dim: int
-    num_tokens: int
-
-    @abstractmethod
-    def forward(self, images: Tensor) -> Tensor: ...
-
-
-class TinyViTEncoder(FrameEncoder):
-    """Patch embedding + learned positions + a few transformer layers; trainable or frozen."""
-
-    def __init__(self, image_size: int, patch_size: int, cfg: FrameEncoderConfig) -> None:
-        super().__init__()
-        self.patch = PatchEmbed(image_size, patch_size, cfg.dim)
-        self.dim, self.num_tokens = cfg.dim, self.patch.num_patches
-        self.pos = nn.Parameter(torch.randn(1, self.num_tokens, cfg.dim) * 0.02)
-        self.blocks = nn.ModuleList(TransformerBlock(cfg.dim, cfg.heads) for _ in range(cfg.depth))
-        self.norm = nn.LayerNorm(cfg.dim)
-        self.frozen = cfg.frozen
-        if cfg.frozen:
-            self.requires_grad_(False)
-
-    def forward(self, images: Tensor) -> Tensor:
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            x = self.patch(normalize_image(images)) + self.pos
-            for blk in self.blocks:
-                x = blk(x)
-            return self.norm(x)
+__all__ = ["FrameEncoder", "TinyViTEncoder", "LatentActions", "LatentActionModel", "MFormer", "PixelDecoder", "ConvPixelDecoder", "lam_metrics"]
 
 
 class MFormer(nn.Module):
     """Learnable queries reading [queries, cond tokens, SEP, target tokens]; returns query states.
 
     Token types: 0 = query, 1 = condition frame (+SEP), 2 = target frame. Moto's legacy code gave
-    both frames type 0, leaving only positions to tell them apart.
+    both frames type 0, leaving only positions to tell them apart. With ``mformer_target:
+    difference`` the target stream is (target - cond) tokens: the same information, but static
+    content cancels, so at initialization the queries' outputs already vary with the motion
+    (with raw frames they are dominated by appearance and a tiny LAM never starts using them).
     """
 
     def __init__(self, in_dim: int, num_tokens: int, cfg: LamConfig) -> None:
@@ -74,6 +49,10 @@ class MFormer(nn.Module):
         self.sep = nn.Parameter(torch.randn(1, 1, d) * 0.02)
         self.pos = nn.Parameter(torch.randn(1, q + 2 * num_tokens + 1, d) * 0.02)
         self.type_emb = nn.Embedding(3, d)
+        # Same scale as the other embeddings: a unit-variance type embedding swamps the (small)
+        # input-dependent part of the query states at init, and the latent starts out constant.
+        nn.init.normal_(self.type_emb.weight, std=0.02)
+        self.difference = cfg.mformer_target == "difference"
         self.register_buffer(
             "type_ids",
             torch.tensor([0] * q + [1] * (num_tokens + 1) + [2] * num_tokens, dtype=torch.long),
@@ -84,6 +63,8 @@ class MFormer(nn.Module):
 
     def forward(self, cond: Tensor, target: Tensor) -> Tensor:
         b = cond.shape[0]
+        if self.difference:
+            target = target - cond
         x = torch.cat(
             [self.queries.expand(b, -1, -1), self.in_proj(cond), self.sep.expand(b, -1, -1), self.in_proj(target)], dim=1
         )
@@ -106,52 +87,84 @@ class PixelDecoder(nn.Module):
         self.blocks = nn.ModuleList(TransformerBlock(d, cfg.decoder_heads) for _ in range(cfg.decoder_depth))
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, p * p * 3)
+        self.residual = cfg.decoder_residual
 
     def forward(self, x_t: Tensor, latent_tokens: Tensor) -> Tensor:
         """``x_t`` uint8 [B,3,H,W]; ``latent_tokens`` [B,Q,decoder_dim] (up-projected)."""
-        x = self.patch(normalize_image(x_t)) + self.pos
+        img = normalize_image(x_t)
+        x = self.patch(img) + self.pos
         x = x + self.latent_proj(latent_tokens.flatten(1))[:, None]
         for blk in self.blocks:
             x = blk(x)
-        return unpatchify(self.head(self.norm(x)), self.patch_size)
+        out = unpatchify(self.head(self.norm(x)), self.patch_size)
+        return img + out if self.residual else out
+
+
+class ConvPixelDecoder(nn.Module):
+    """Predicts x_{t+H} (in [-1,1]) with 3x3 convolutions at pixel resolution; the latent enters as a
+    per-channel bias after the first conv. Weights are shared across positions, so "move what is
+    here by the latent" is learned once for the whole image: a tiny CPU LAM learns to use its latent
+    in a few hundred steps, where a tiny ViT decoder (a linear head from a 32-d token to 192
+    pixels) learned to ignore it. Receptive field: 2 * (decoder_depth + 2) + 1 pixels."""
+
+    def __init__(self, cfg: LamConfig) -> None:
+        super().__init__()
+        c = cfg.decoder_dim
+        self.latent_proj = nn.Linear(cfg.num_queries * c, c)
+        self.inp = nn.Conv2d(3, c, 3, padding=1)
+        self.body = nn.Sequential(*[m for _ in range(cfg.decoder_depth) for m in (nn.GELU(), nn.Conv2d(c, c, 3, padding=1))])
+        self.out = nn.Sequential(nn.GELU(), nn.Conv2d(c, 3, 3, padding=1))
+        self.residual = cfg.decoder_residual
+
+    def forward(self, x_t: Tensor, latent_tokens: Tensor) -> Tensor:
+        """``x_t`` uint8 [B,3,H,W]; ``latent_tokens`` [B,Q,decoder_dim] (up-projected)."""
+        img = normalize_image(x_t)
+        h = self.inp(img) + self.latent_proj(latent_tokens.flatten(1))[:, :, None, None]
+        out = self.out(self.body(h))
+        return img + out if self.residual else out
 
 
 class LatentActions(NamedTuple):
-    """What :meth:`LatentActionModel.encode` returns (a NamedTuple so ZeRO-3 can hook its tensors)."""
+    """What every LAM's ``encode`` returns (a NamedTuple so ZeRO-3 can hook its tensors)."""
 
     continuous: Tensor
-    """Pre-quantization tanh latent [B,Q,Dl] (LARA's alignment target)."""
+    """Pre-quantization latent [B,Q,Dl] (Moto: tanh resampler output, LARA's alignment target)."""
     ids: Tensor
     """Code ids [B,Q]."""
     quantized: Tensor
-    """Straight-through quantized latent [B,Q,Dl]."""
+    """Quantized latent [B,Q,Dl] (straight-through / noise-substituted in training)."""
     vq_loss: Tensor
-    """Codebook + beta * commitment loss (0-dim)."""
+    """Quantizer loss (0-dim)."""
     metrics: dict[str, Tensor]
     """Quantizer metrics (perplexity, active codes, ...)."""
 
 
+def lam_metrics(loss: Tensor, recon: Tensor, lat: LatentActions) -> dict[str, Tensor]:
+    """The metrics every LAM logs: total, reconstruction, quantizer loss and codebook health."""
+    return {
+        "loss/lam": loss.detach(),
+        "loss/lam_recon": recon.detach(),
+        "loss/vq": lat.vq_loss.detach(),
+        "lam/perplexity": lat.metrics["perplexity"],
+        "lam/active_codes": lat.metrics["active_codes"],
+        "lam/quant_error": lat.metrics["quant_error"],
+    }
+
+
 class LatentActionModel(nn.Module):
-    """encode(x_t, x_tH) -> LatentActions; decode(x_t, quantized) -> image; forward(batch) -> (loss, metrics)."""
+    """Moto/LARA LAM. encode(x_t, x_tH) -> LatentActions; decode(x_t, quantized) -> image; forward(batch) -> (loss, metrics)."""
 
     def __init__(self, cfg: LamConfig, frame_encoder: FrameEncoder | None = None) -> None:
         super().__init__()
         self.cfg = cfg
-        self.encoder = frame_encoder or TinyViTEncoder(cfg.image_size, cfg.patch_size, cfg.encoder)
+        self.encoder = frame_encoder or build_frame_encoder(cfg.image_size, cfg.patch_size, cfg.encoder)
         self.mformer = MFormer(self.encoder.dim, self.encoder.num_tokens, cfg)
         self.down = nn.Sequential(nn.Linear(cfg.dim, cfg.dim), nn.Tanh(), nn.Linear(cfg.dim, cfg.latent_dim))
-        self.quantizer = VectorQuantizer(
-            cfg.quantizer.num_codes,
-            cfg.latent_dim,
-            beta=cfg.quantizer.beta,
-            restart_window=cfg.quantizer.restart_window,
-            dead_threshold=cfg.quantizer.dead_threshold,
-            restart_noise=cfg.quantizer.restart_noise,
-        )
+        self.quantizer = build_quantizer(cfg.quantizer, cfg.latent_dim)
         self.up = nn.Sequential(
             nn.Linear(cfg.latent_dim, cfg.latent_dim), nn.Tanh(), nn.Linear(cfg.latent_dim, cfg.decoder_dim)
         )
-        self.decoder = PixelDecoder(cfg)
+        self.decoder = ConvPixelDecoder(cfg) if cfg.decoder == "conv" else PixelDecoder(cfg)
 
     def encode(self, x_t: Tensor, x_tH: Tensor) -> LatentActions:
         """uint8 frames [B,3,H,W] -> latent actions."""
@@ -165,18 +178,15 @@ class LatentActionModel(nn.Module):
         """Predicted x_{t+H} in [-1,1] float [B,3,H,W] (``(img + 1) * 127.5`` for uint8)."""
         return self.decoder(x_t, self.up(quantized))
 
+    def preview(self, x_t: Tensor, quantized: Tensor) -> Tensor:
+        """Image-space view of the prediction for logging: the decoded frame, [-1,1]."""
+        return self.decode(x_t, quantized)
+
     def forward(self, batch: dict[str, Any], return_latents: bool = False):  # type: ignore[no-untyped-def]
         """LAM loss = recon_weight * pixel MSE + vq loss; ``return_latents`` adds the LatentActions."""
         x_t, x_tH = batch["image_primary"], batch["image_future"]
         lat = self.encode(x_t, x_tH)
         recon = F.mse_loss(self.decode(x_t, lat.quantized).float(), normalize_image(x_tH))
         loss = self.cfg.recon_weight * recon + lat.vq_loss
-        metrics: dict[str, Tensor] = {
-            "loss/lam": loss.detach(),
-            "loss/lam_recon": recon.detach(),
-            "loss/vq": lat.vq_loss.detach(),
-            "lam/perplexity": lat.metrics["perplexity"],
-            "lam/active_codes": lat.metrics["active_codes"],
-            "lam/commit": lat.metrics["vq/commit_loss"],
-        }
+        metrics = lam_metrics(loss, recon, lat)
         return (loss, metrics, lat) if return_latents else (loss, metrics)

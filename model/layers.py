@@ -65,6 +65,14 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
+def patchify(images: Tensor, patch_size: int) -> Tensor:
+    """Image ``[B, C, H, W]`` -> raw patch pixels ``[B, N, p*p*C]`` (row-major grid); inverse of :func:`unpatchify`."""
+    b, c, h, w = images.shape
+    p = patch_size
+    x = images.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)
+    return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+
 def unpatchify(tokens: Tensor, patch_size: int, channels: int = 3) -> Tensor:
     """``[B, N, p*p*C]`` patch pixels (row-major grid) -> image ``[B, C, H, W]``."""
     b, n, _ = tokens.shape

@@ -1,31 +1,97 @@
-"""LAM pretraining recipe: the loss is the LAM's (pixel reconstruction of x_{t+H} + vq)."""
+"""LAM pretraining recipe: the loss is the LAM's own (reconstruction of x_{t+H} + quantizer loss).
+
+One recipe serves the three LAM styles; the config type picks the model:
+``lam`` (Moto/LARA, pixels), ``lam_lapa`` (LAPA LAQ, pixels, NSVQ), ``lam_univla`` (UniVLA, frozen
+features). Besides ``forward`` it offers inference helpers that never touch codebook statistics
+(``annotate``, ``predict_latents``) and ``media`` images for the trainer's logger.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from model.config import LamPretrainConfig
-from model.lam import LatentActionModel
+from model.config import LamConfig, LamPretrainConfig
+from model.lam import LatentActionModel, LatentActions
+from model.lam_config import LapaLamConfig, LapaLamPretrainConfig, UnivlaLamConfig, UnivlaLamPretrainConfig
+from model.media import image_grid, to_uint8_image, usage_histogram_image
+from model.quantizer import Quantizer
+
+AnyLamConfig = Union[LamConfig, LapaLamConfig, UnivlaLamConfig]
+AnyLamPretrainConfig = Union[LamPretrainConfig, LapaLamPretrainConfig, UnivlaLamPretrainConfig]
+
+
+def build_lam(cfg: AnyLamConfig) -> nn.Module:
+    """The LAM for a LAM config (Moto, LAPA or UniVLA style)."""
+    if isinstance(cfg, LapaLamConfig):
+        from model.lam_lapa import LapaLatentActionModel
+
+        return LapaLatentActionModel(cfg)
+    if isinstance(cfg, UnivlaLamConfig):
+        from model.lam_univla import UnivlaLatentActionModel
+
+        return UnivlaLatentActionModel(cfg)
+    if isinstance(cfg, LamConfig):
+        return LatentActionModel(cfg)
+    raise TypeError(f"not a LAM config: {type(cfg).__name__}")
+
+
+@contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    """Eval mode (quantizers neither count usage nor move EMA codebooks) and no grad, restored after."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        module.train(was_training)
 
 
 class LamPretrainPolicy(nn.Module):
-    """forward(batch) -> (loss, metrics); predict_latents(batch) -> code ids [B,Q]."""
+    """forward(batch) -> (loss, metrics); annotate / predict_latents for labelling; media for logging."""
 
-    def __init__(self, cfg: LamPretrainConfig) -> None:
+    def __init__(self, cfg: AnyLamPretrainConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.lam = LatentActionModel(cfg.lam)
+        self.lam = build_lam(cfg.lam)
 
     def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         loss, metrics = self.lam(batch)
         return loss, {"loss/total": loss.detach(), **metrics}
 
-    @torch.no_grad()
+    def annotate(self, x_t: Tensor, x_tH: Tensor) -> LatentActions:
+        """Latent actions of uint8 frame pairs in eval mode (no statistics updated). Collective under ZeRO-3."""
+        with _eval_mode(self):
+            return self.lam.encode(x_t, x_tH)
+
     def predict_latents(self, batch: dict[str, Any]) -> Tensor:
-        """Latent action ids of (image_primary, image_future), e.g. for offline labelling."""
-        _, _, lat = self.lam(batch, return_latents=True)
-        return lat.ids
+        """Code ids [B,Q] of (image_primary, image_future)."""
+        return self.annotate(batch["image_primary"], batch["image_future"]).ids
+
+    def quantizer(self) -> Quantizer:
+        q = self.lam.quantizer
+        assert isinstance(q, Quantizer)
+        return q
+
+    def media(self, batch: dict[str, Any], max_items: int = 4) -> dict[str, np.ndarray]:
+        """Images to log (HxWx3 uint8): per sample a row [x_t | x_{t+H} | prediction], and the code-usage
+        histogram since the start (red = dead in the current restart window).
+
+        Runs the model, so under ZeRO-3 every rank must call it (parameters are gathered collectively).
+        """
+        x_t, x_tH = batch["image_primary"][:max_items], batch["image_future"][:max_items]
+        with _eval_mode(self):
+            lat = self.lam.encode(x_t, x_tH)
+            pred = self.lam.preview(x_t, lat.quantized)
+        rows = [[to_uint8_image(x_t[i]), to_uint8_image(x_tH[i]), to_uint8_image(pred[i])] for i in range(x_t.shape[0])]
+        q = self.quantizer()
+        return {
+            "lam/reconstruction": image_grid(rows),
+            "lam/code_usage": usage_histogram_image(q.usage_histogram(), alive=~q.dead_codes()),
+        }

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
 
 import torch
 
@@ -15,6 +18,7 @@ from model.config import (
     LaraConfig,
     QuantizerConfig,
 )
+from model.lam_config import LapaLamConfig, UnivlaLamConfig
 
 IMAGE, PATCH, N, A, P, E = 32, 8, 4, 5, 6, 3
 
@@ -102,3 +106,67 @@ def tiny_lara_config(**kw: Any) -> LaraConfig:
     base.update(kw)
     return LaraConfig(**base)
 
+
+
+def tiny_lapa_config(**kw: Any) -> LapaLamConfig:
+    base = dict(image_size=IMAGE, patch_size=PATCH, dim=32, heads=2, spatial_depth=1, temporal_depth=1, latent_dim=8,
+                action_grid=2, decoder_depth=1)
+    base.update(kw)
+    return LapaLamConfig(**base)
+
+
+def tiny_univla_config(**kw: Any) -> UnivlaLamConfig:
+    base = dict(image_size=IMAGE, patch_size=PATCH, encoder=FrameEncoderConfig(dim=32, depth=1, heads=2, frozen=True),
+                dim=32, heads=2, depth=1, num_queries=4, latent_dim=8, quantizer=QuantizerConfig(num_codes=16), decoder_depth=1)
+    base.update(kw)
+    return UnivlaLamConfig(**base)
+
+
+def save_tiny_hf_vision_model(path: Path, kind: str = "vit", *, image_size: int = IMAGE, patch_size: int = PATCH,
+                              processor_mean: tuple[float, float, float] | None = None) -> Path:
+    """A tiny random ViT / DINOv2 / ViT-MAE saved with save_pretrained (what from_pretrained(local dir) loads)."""
+    import transformers as tf
+
+    common = dict(image_size=image_size, patch_size=patch_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
+    if kind == "vit":
+        model = tf.ViTModel(tf.ViTConfig(intermediate_size=64, **common), add_pooling_layer=False)
+    elif kind == "dinov2":
+        model = tf.Dinov2Model(tf.Dinov2Config(mlp_ratio=2, **common))
+    elif kind == "vit_mae":
+        model = tf.ViTMAEModel(tf.ViTMAEConfig(intermediate_size=64, mask_ratio=0.75, **common))
+    else:
+        raise ValueError(kind)
+    model.save_pretrained(path)
+    if processor_mean is not None:
+        (path / "preprocessor_config.json").write_text(json.dumps({"image_mean": list(processor_mean), "image_std": [0.5] * 3}))
+    return path
+
+
+@contextmanager
+def zero3_emulation(module: torch.nn.Module) -> Iterator[None]:
+    """Parameters are empty except while their owning module's forward runs (as under ZeRO-3)."""
+    saved, hooks = {}, []
+    for mod in module.modules():
+        own = list(mod.named_parameters(recurse=False))
+        if not own:
+            continue
+        for _, p in own:
+            saved[p] = p.data
+            p.data = torch.empty(0)
+
+        def pre(m, _args, own=own):  # type: ignore[no-untyped-def]
+            for _, p in own:
+                p.data = saved[p]
+
+        def post(m, _args, _out, own=own):  # type: ignore[no-untyped-def]
+            for _, p in own:
+                p.data = torch.empty(0)
+
+        hooks += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+        for p, d in saved.items():
+            p.data = d

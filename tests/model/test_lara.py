@@ -1,5 +1,3 @@
-from contextlib import contextmanager
-
 import draccus
 import pytest
 import torch
@@ -9,7 +7,7 @@ from model.config import LamPretrainConfig, LaraConfig, ModelConfig
 from model.factory import build_model
 from model.recipes.lam_pretrain import LamPretrainPolicy
 from model.recipes.lara import LaraPolicy
-from model_test_utils import A, N, random_batch, tiny_lam_config, tiny_lara_config
+from model_test_utils import A, N, random_batch, tiny_lam_config, tiny_lara_config, zero3_emulation
 
 
 def _policy(**kw) -> LaraPolicy:
@@ -46,7 +44,7 @@ def test_alignment_gradient_reaches_trainable_lam():
     loss.backward()
     g = policy.lam.mformer.queries.grad
     assert g is not None and g.abs().sum() > 0
-    assert torch.all(policy.lam.decoder.head.weight.grad == 0)  # the decoder only sees the LAM loss
+    assert all(p.grad is None or torch.all(p.grad == 0) for p in policy.lam.decoder.parameters())  # LAM loss only
 
 
 @pytest.mark.parametrize("target", ["continuous", "quantized"])
@@ -80,58 +78,39 @@ def test_predict_action_shape_and_determinism():
     assert torch.all(a1[~b["action_dim_mask"][:, None, :].expand_as(a1)] == 0)
 
 
+def _loss_at_fixed_noise(policy: LaraPolicy, batch) -> float:
+    state = torch.get_rng_state()
+    torch.manual_seed(123)
+    with torch.no_grad():
+        loss = policy(batch)[0].item()
+    torch.set_rng_state(state)
+    return loss
+
+
 def test_trains_on_a_random_batch():
+    # Compared at one fixed draw of flow time/noise: the training loss redraws them every step, and
+    # averages of a few such draws moved by +-15% with the seed (a 0.7 ratio passed by luck).
     policy = _policy()
     b = random_batch(8, seed=2)
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=2e-3)
-    losses = []
-    for step in range(30):
+    before = _loss_at_fixed_noise(policy, b)
+    for _ in range(30):
         loss, _ = policy(b)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(loss.item())
-    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses
-
-
-@contextmanager
-def _zero3_emulation(module: torch.nn.Module):
-    """Parameters are empty except while their owning module's forward runs (as under ZeRO-3)."""
-    saved, hooks = {}, []
-    for mod in module.modules():
-        own = list(mod.named_parameters(recurse=False))
-        if not own:
-            continue
-        for name, p in own:
-            saved[p] = p.data
-            p.data = torch.empty(0)
-
-        def pre(m, _args, own=own):
-            for _, p in own:
-                p.data = saved[p]
-
-        def post(m, _args, _out, own=own):
-            for _, p in own:
-                p.data = torch.empty(0)
-
-        hooks += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
-    try:
-        yield
-    finally:
-        for h in hooks:
-            h.remove()
-        for p, d in saved.items():
-            p.data = d
+    after = _loss_at_fixed_noise(policy, b)
+    assert after < 0.9 * before, (before, after)
 
 
 def test_parameters_are_only_read_inside_their_owners_forward():
     policy = _policy()
     b = random_batch(2)
-    with torch.no_grad(), _zero3_emulation(policy):
+    with torch.no_grad(), zero3_emulation(policy):
         policy(b)
         policy.predict_action(b)
     lam = LamPretrainPolicy(LamPretrainConfig(lam=tiny_lam_config()))
-    with torch.no_grad(), _zero3_emulation(lam):
+    with torch.no_grad(), zero3_emulation(lam):
         lam(b)
 
 

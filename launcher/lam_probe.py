@@ -1,0 +1,121 @@
+"""Linear-probe a trained LAM: do its tokens encode the true action over the window (x_t, x_{t+H})?
+
+    python -m launcher.lam_probe --checkpoint RUN_OR_CKPT_DIR --data DATASET_DIR [--fit-split train --test-split val]
+
+Latents of every step of the fit split train the probes; the test split (other episodes) scores
+them. Reported: accuracy of the dominant signed translation axis (+x, -x, +y, -y, +z, -z) from the
+one-hot token ids and from the continuous latent, against the majority-class chance level, and
+the R^2 of a ridge regression from tokens / continuous latent to each summed action dimension.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from launcher.annotate_latents import read_episode_frames
+from model.probe import (
+    ProbeResult,
+    RegressionResult,
+    direction_labels,
+    fit_logistic_probe,
+    fit_ridge_probe,
+    one_hot_ids,
+    window_action_sums,
+)
+
+
+@dataclass
+class EpisodeLatents:
+    """LAM outputs and true motion of every step of a set of episodes."""
+
+    ids: torch.Tensor
+    """int64 [N, Q] token ids."""
+    continuous: torch.Tensor
+    """float [N, Q * Dl] pre-quantization latent."""
+    motion: np.ndarray
+    """float32 [N, A] actions summed over each step's window."""
+
+
+@torch.no_grad()
+def collect_latents(policy: Any, source: Any, data_cfg: Any, *, batch_size: int = 256,
+                    device: torch.device | str = "cpu") -> EpisodeLatents:
+    """Runs ``policy.annotate`` over every step of every episode of ``source``."""
+    ids, cont, motion = [], [], []
+    for i in range(source.num_episodes):
+        ep = read_episode_frames(source, i, data_cfg)
+        t, f = ep.pair_indices()
+        for s in range(0, len(t), batch_size):
+            lat = policy.annotate(ep.frames[t[s : s + batch_size]].to(device), ep.frames[f[s : s + batch_size]].to(device))
+            ids.append(lat.ids.cpu())
+            cont.append(lat.continuous.float().flatten(1).cpu())
+        motion.append(window_action_sums(ep.actions, ep.stride))
+    return EpisodeLatents(torch.cat(ids), torch.cat(cont), np.concatenate(motion))
+
+
+@dataclass
+class ProbeReport:
+    """What :func:`probe_latents` measured."""
+
+    tokens: ProbeResult
+    """Direction classification from one-hot token ids."""
+    continuous: ProbeResult
+    """Direction classification from the continuous latent."""
+    r2_tokens: RegressionResult
+    """Ridge R^2 per action dim from one-hot token ids."""
+    r2_continuous: RegressionResult
+    """Ridge R^2 per action dim from the continuous latent."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name)._asdict() for f in dataclasses.fields(self)}
+
+
+def probe_latents(fit: EpisodeLatents, test: EpisodeLatents, num_codes: int, *, dims: tuple[int, ...] = (0, 1, 2),
+                  min_norm: float = 0.05) -> ProbeReport:
+    """Direction probes on samples that moved more than ``min_norm``; R^2 probes on all samples."""
+    y_fit, keep_fit = direction_labels(fit.motion, dims, min_norm)
+    y_test, keep_test = direction_labels(test.motion, dims, min_norm)
+    kf, kt = torch.from_numpy(keep_fit), torch.from_numpy(keep_test)
+    yf, yt = torch.from_numpy(y_fit)[kf], torch.from_numpy(y_test)[kt]
+    oh_fit, oh_test = one_hot_ids(fit.ids, num_codes), one_hot_ids(test.ids, num_codes)
+    n_cls = 2 * len(dims)
+    m_fit, m_test = torch.from_numpy(fit.motion), torch.from_numpy(test.motion)
+    return ProbeReport(
+        tokens=fit_logistic_probe(oh_fit[kf], yf, oh_test[kt], yt, n_cls),
+        continuous=fit_logistic_probe(fit.continuous[kf], yf, test.continuous[kt], yt, n_cls),
+        r2_tokens=fit_ridge_probe(oh_fit, m_fit, oh_test, m_test),
+        r2_continuous=fit_ridge_probe(fit.continuous, m_fit, test.continuous, m_test),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    from data_service.config import DatasetEntry
+    from data_service.sources import open_source
+    from launcher.lam_checkpoint import load_trained_model
+
+    p = argparse.ArgumentParser(prog="python -m launcher.lam_probe", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="run dir or checkpoint dir of a LAM recipe")
+    p.add_argument("--data", required=True, help="dataset directory (.../<name>/<version>)")
+    p.add_argument("--dataset-name", default=None, help="registry name (default: the directory's parent name)")
+    p.add_argument("--fit-split", default="train")
+    p.add_argument("--test-split", default="val")
+    a = p.parse_args(argv)
+    policy, cfg, _ = load_trained_model(a.checkpoint)
+    name = a.dataset_name or Path(a.data).parent.name
+    sources = [open_source(DatasetEntry(name=name, path=a.data, split=s), cfg.data) for s in (a.fit_split, a.test_split)]
+    fit, test = (collect_latents(policy, s, cfg.data) for s in sources)
+    report = probe_latents(fit, test, policy.quantizer().num_codes)
+    print(json.dumps(report.to_dict(), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
