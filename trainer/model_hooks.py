@@ -1,10 +1,10 @@
 """Distributed duties the models delegate to the trainer (models hold no distributed code).
 
 Quantizers count code usage per rank; the trainer makes those counts global (an all-reduce in
-``reduce_fn``) and restarts dead codes. Under ZeRO-3 the codebook is partitioned, so the restart
-runs inside ``GatheredParameters(modifier_rank=0)``: every rank sees the full codebook, rank 0's
-edit wins and is re-partitioned on exit. Under stage 0-2 the codebook is replicated and rank 0's
-edit is broadcast.
+``reduce_fn``) and triggers dead-code restarts. Restarts write only buffers (never parameters:
+DeepSpeed's master weights would revert them) from globally reduced statistics, so every rank
+computes the same new codes and nothing needs broadcasting. Under ZeRO-3 a learnable codebook is
+partitioned, so the restart runs inside a read-only ``GatheredParameters`` to see it whole.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from model.quantizer import VectorQuantizer, find_quantizers
+from model.quantizer import Quantizer, find_quantizers
 
 log = logging.getLogger(__name__)
 
@@ -31,26 +31,25 @@ class QuantizerHooks:
     """Wires every quantizer of a model into the process group and drives dead-code restarts."""
 
     def __init__(self, module: nn.Module, zero_stage: int) -> None:
-        self.quantizers: list[VectorQuantizer] = list(find_quantizers(module))
+        self.quantizers: list[Quantizer] = list(find_quantizers(module))
         self.zero_stage = zero_stage
         for q in self.quantizers:
             q.reduce_fn = _all_reduce_sum
 
     def after_step(self) -> dict[str, float]:
-        """Restart dead codes where a quantizer's window is full; returns metrics."""
+        """Restart dead codes where a quantizer's window (counted in forward passes) is full."""
         restarted = 0
         for q in self.quantizers:
             if not q.restart_due():  # usage counts are global, so every rank agrees
                 continue
-            if self.zero_stage == 3:
+            codebook = q.codebook
+            if self.zero_stage == 3 and isinstance(codebook, nn.Parameter):
                 import deepspeed
 
-                with deepspeed.zero.GatheredParameters([q.codebook], modifier_rank=0):
+                with deepspeed.zero.GatheredParameters([codebook]):  # read-only gather
                     restarted += q.restart_dead_codes()
             else:
                 restarted += q.restart_dead_codes()
-                if dist.is_initialized() and dist.get_world_size() > 1:
-                    dist.broadcast(q.codebook.data, src=0)
         if restarted:
             log.info("restarted %d dead codes", restarted)
         return {"vq/restarted_codes": float(restarted)} if self.quantizers else {}
