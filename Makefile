@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-TEST_EXTRAS := dev,rlds,video,ray
+TEST_EXTRAS := dev,rlds,video,ray,hf,wandb
 RUN_EXTRAS := dev
 # Extra flags for the quickstart, e.g. make quickstart ARGS="--trainer.max_steps=50"
 ARGS ?=
