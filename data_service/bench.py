@@ -112,7 +112,7 @@ def bench_rlds(path: Path, split: str, seconds: float) -> Rate:
                 frames += 1
         return frames
 
-    return measure("rlds: ours (TF-free reader + Pillow decode)", step, seconds)
+    return measure("rlds: ours (TF-free reader + OpenCV decode)", step, seconds)
 
 
 # -- tf.data / TFDS reference (child process) -----------------------------------------------------

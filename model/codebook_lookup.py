@@ -18,21 +18,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from kernels.codebook_reference import nearest_code_reference as _reference
 
 
 def nearest_code_reference(z: Tensor, codebook: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """PyTorch reference: ||z||^2 - 2 z.c + ||c||^2, argmin over codes."""
-    if z.dim() != 2 or codebook.dim() != 2 or z.shape[1] != codebook.shape[1]:
-        raise ValueError(f"nearest_code expects z [N,D] and codebook [K,D], got {tuple(z.shape)} and {tuple(codebook.shape)}")
-    with torch.no_grad():
-        zd, cd = z.detach(), codebook.detach()
-        dist = zd.pow(2).sum(1, keepdim=True) - 2.0 * zd @ cd.t() + cd.pow(2).sum(1)[None]
-        sq_err, ids = dist.min(dim=1)
-        sq_err = sq_err.clamp_min(0.0)  # the expansion can go slightly negative in fp32
-    return ids, F.embedding(ids, codebook), sq_err
+    """PyTorch reference (``kernels.codebook_reference``: chunked, never the full N x K matrix)."""
+    ids, quantized, sq_err = _reference(z, codebook)
+    return ids, quantized, sq_err
 
 
 def _kernel_module() -> Any | None:
