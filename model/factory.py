@@ -1,60 +1,63 @@
-"""build_model: recipe config + data config -> the nn.Module the trainer wraps in one engine."""
+"""build_model: recipe config + data config -> the nn.Module the trainer wraps in one engine.
+
+Each recipe registers its builder next to its code with ``@register_builder(ConfigClass)``; the
+recipe modules are imported lazily here (listed in ``RECIPE_MODULES``) so importing the config
+never pulls in torch model code it does not need.
+"""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable
 
 import torch.nn as nn
 
 from data_service.config import DataConfig
-from model.config import LamPretrainConfig, LaraConfig, ModelConfig
-from model.lam_config import LapaLamPretrainConfig, UnivlaLamPretrainConfig
+from model.config import ModelConfig
+
+Builder = Callable[[Any, DataConfig], nn.Module]
+
+BUILDERS: dict[type, Builder] = {}
+"""Recipe config class -> builder, filled by ``register_builder``."""
+
+RECIPE_MODULES = (
+    "model.recipes.lara",
+    "model.recipes.lam_pretrain",
+    "model.recipes.pixels_to_tokens",
+    "model.recipes.lapa",
+    "model.recipes.action_tokenizer",
+)
+"""Modules whose import registers builders (missing optional ones are skipped)."""
 
 
-def _require_equal(pairs: list[tuple[str, Any, str, Any]]) -> None:
+def register_builder(config_cls: type) -> Callable[[Builder], Builder]:
+    def deco(fn: Builder) -> Builder:
+        BUILDERS[config_cls] = fn
+        return fn
+
+    return deco
+
+
+def require_equal(pairs: list[tuple[str, Any, str, Any]]) -> None:
+    """Raise one error listing every (model field, value, data field, value) pair that differs."""
     bad = [f"model.{mf}={mv} != data.{df}={dv}" for mf, mv, df, dv in pairs if mv != dv]
     if bad:
         raise ValueError("model and data configs disagree: " + "; ".join(bad))
 
 
-def _lam_pairs(lam: Any, data: DataConfig) -> list[tuple[str, Any, str, Any]]:
-    return [("lam.image_size", lam.image_size, "image_size", data.image_size)]
-
-
-def _build_lara(cfg: LaraConfig, data: DataConfig) -> nn.Module:
-    from model.recipes.lara import LaraPolicy
-
-    _require_equal(
-        [
-            ("backbone.image_size", cfg.backbone.image_size, "image_size", data.image_size),
-            *_lam_pairs(cfg.lam, data),
-            ("head.action_horizon", cfg.head.action_horizon, "action_horizon", data.action_horizon),
-            ("head.action_dim", cfg.head.action_dim, "max_action_dim", data.max_action_dim),
-            ("head.proprio_dim", cfg.head.proprio_dim, "max_proprio_dim", data.max_proprio_dim),
-        ]
-    )
-    return LaraPolicy(cfg)
-
-
-def _build_lam(cfg: LamPretrainConfig | LapaLamPretrainConfig | UnivlaLamPretrainConfig, data: DataConfig) -> nn.Module:
-    from model.recipes.lam_pretrain import LamPretrainPolicy
-
-    _require_equal(_lam_pairs(cfg.lam, data))
-    return LamPretrainPolicy(cfg)
-
-
-BUILDERS: dict[type, Callable[[Any, DataConfig], nn.Module]] = {
-    LaraConfig: _build_lara,
-    LamPretrainConfig: _build_lam,
-    LapaLamPretrainConfig: _build_lam,
-    UnivlaLamPretrainConfig: _build_lam,
-}
-"""Recipe config class -> builder; later recipes (LAPA, Pixels-to-Tokens) register here."""
+def _load_recipes() -> None:
+    for name in RECIPE_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:  # a real missing dependency inside the module, not an absent recipe
+                raise
 
 
 def build_model(model_cfg: ModelConfig, data_cfg: DataConfig) -> nn.Module:
     """Validate the model against the data shapes and build the recipe module (fp32, CPU)."""
-    builder = BUILDERS.get(type(model_cfg))
+    _load_recipes()
+    builder = next((BUILDERS[c] for c in type(model_cfg).__mro__ if c in BUILDERS), None)
     if builder is None:
         known = ", ".join(sorted(c.__name__ for c in BUILDERS))
         raise ValueError(f"no model builder for {type(model_cfg).__name__}; known: {known}")

@@ -16,7 +16,9 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from data_service.config import DataConfig
 from model.config import LamConfig, LamPretrainConfig
+from model.factory import register_builder, require_equal
 from model.lam import LatentActionModel, LatentActions
 from model.lam_config import LapaLamConfig, LapaLamPretrainConfig, UnivlaLamConfig, UnivlaLamPretrainConfig
 from model.media import image_grid, to_uint8_image, usage_histogram_image
@@ -95,3 +97,11 @@ class LamPretrainPolicy(nn.Module):
             "lam/reconstruction": image_grid(rows),
             "lam/code_usage": usage_histogram_image(q.usage_histogram(), alive=~q.dead_codes()),
         }
+
+
+@register_builder(LamPretrainConfig)
+@register_builder(LapaLamPretrainConfig)
+@register_builder(UnivlaLamPretrainConfig)
+def build_lam_pretrain(cfg: LamPretrainConfig | LapaLamPretrainConfig | UnivlaLamPretrainConfig, data: DataConfig) -> nn.Module:
+    require_equal([("lam.image_size", cfg.lam.image_size, "image_size", data.image_size)])
+    return LamPretrainPolicy(cfg)

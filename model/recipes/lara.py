@@ -17,7 +17,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from data_service.config import DataConfig
 from model.config import LaraConfig
+from model.factory import register_builder, require_equal
 from model.flow_head import FlowMatchingHead
 from model.lam import LatentActionModel
 from model.vl_backbone import TinyVLBackbone, VLBackbone
@@ -87,3 +89,15 @@ class LaraPolicy(nn.Module):
         if "action_dim_mask" in batch:
             actions = actions * batch["action_dim_mask"].to(actions.dtype)[:, None, :]
         return actions
+
+
+@register_builder(LaraConfig)
+def build_lara(cfg: LaraConfig, data: DataConfig) -> nn.Module:
+    require_equal([
+        ("backbone.image_size", cfg.backbone.image_size, "image_size", data.image_size),
+        ("lam.image_size", cfg.lam.image_size, "image_size", data.image_size),
+        ("head.action_horizon", cfg.head.action_horizon, "action_horizon", data.action_horizon),
+        ("head.action_dim", cfg.head.action_dim, "max_action_dim", data.max_action_dim),
+        ("head.proprio_dim", cfg.head.proprio_dim, "max_proprio_dim", data.max_proprio_dim),
+    ])
+    return LaraPolicy(cfg)

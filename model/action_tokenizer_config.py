@@ -1,0 +1,1 @@
+"""Action tokenizer (LA-Tok) recipe config: registers ``type: action_tokenizer``."""
