@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import draccus
 
+from model.backbone_config import HFBackboneConfig
+
 
 @dataclass
 class ModelConfig(draccus.ChoiceRegistry):
@@ -26,8 +28,12 @@ def _check(cond: bool, msg: str) -> None:
 
 @dataclass
 class BackboneConfig:
-    """Tiny vision-language backbone stand-in (a HF Qwen3-VL wrapper replaces it later)."""
+    """Vision-language backbone: the tiny CPU stand-in (default) or a Hugging Face VLM (``kind: hf``)."""
 
+    kind: str = "tiny"
+    """``tiny`` (patch + byte embeddings and a few transformer layers) or ``hf`` (``hf`` section)."""
+    hf: HFBackboneConfig = field(default_factory=HFBackboneConfig)
+    """The Hugging Face model (``kind: hf``); the tiny fields below are then ignored."""
     image_size: int = 64
     """Side of the square input images; must equal data.image_size."""
     patch_size: int = 8
@@ -46,6 +52,8 @@ class BackboneConfig:
     """Freeze the backbone (requires_grad=False, run without grad); the real VLM is frozen."""
 
     def __post_init__(self) -> None:
+        _check(self.kind in ("tiny", "hf"), f"backbone.kind must be 'tiny' or 'hf', got {self.kind!r}")
+        _check(self.kind != "hf" or bool(self.hf.pretrained_path), "backbone.kind=hf needs backbone.hf.pretrained_path")
         _check(self.image_size % self.patch_size == 0, f"backbone.image_size {self.image_size} % patch_size {self.patch_size} != 0")
         _check(self.dim % self.heads == 0, f"backbone.dim {self.dim} not divisible by heads {self.heads}")
 
@@ -236,6 +244,9 @@ class LaraConfig(ModelConfig):
     """Latent action model supplying the alignment target."""
     head: FlowHeadConfig = field(default_factory=FlowHeadConfig)
     """Flow-matching action head."""
+    vl_layer: int = -1
+    """Backbone hidden state the head cross-attends to: index into [embeddings, layer 1, ..., layer L]
+    (GR00T N1.5 / LARA: 12, the VLM truncated at layer 12; -1 = the last layer)."""
     align_layer: int = -3
     """Index into the DiT hidden states [input, block 1, ..., block L]; -3 = output of block L-2."""
     align_weight: float = 0.01

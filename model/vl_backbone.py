@@ -1,14 +1,16 @@
-"""Tiny vision-language backbone stand-in: ``encode(batch) -> (tokens [B,T,D], mask [B,T])``.
+"""Vision-language backbones behind one interface, and the tiny CPU stand-in.
 
-Image patches (primary, and wrist when enabled) plus a byte-level embedding of the instruction,
-through a few transformer layers. A Hugging Face Qwen3-VL wrapper replaces it behind the same
-interface (``VLBackbone``: ``dim`` attribute, ``encode``/``forward`` on the batch dict).
+``VLBackbone.forward(batch, num_queries, return_query_logits) -> VLMOutput``: the hidden states of
+every layer over [images, instruction, Q placeholder queries], the positions of the queries, and
+(on request) the LM logits at the queries. Recipes pick layers and positions from it: LARA's flow
+head reads the full token sequence of one layer, the Pixels-to-Tokens heads read query states.
+``model.hf_vlm.HFVLMBackbone`` wraps a transformers VLM (Qwen3-VL) behind the same face.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -18,17 +20,48 @@ from model.config import BackboneConfig
 from model.layers import PatchEmbed, TransformerBlock, normalize_image
 
 
-class VLBackbone(nn.Module, ABC):
-    """Batch dict -> (tokens [B,T,dim], mask [B,T] bool, True = real token)."""
+class VLMOutput(NamedTuple):
+    """What a backbone returns (a NamedTuple so ZeRO-3's output hooks see the tensors)."""
+
+    hidden_states: tuple[Tensor, ...]
+    """L+1 tensors [B,T,D]: the input embeddings, then the output of each of the L layers
+    (the last one after the final norm, as in transformers)."""
+    mask: Tensor
+    """[B,T] bool, True = real token (False = padding or a missing wrist view)."""
+    query_index: Tensor
+    """[B,Q] int64 positions of the Q placeholder queries, in prompt order."""
+    task_mask: Tensor
+    """[B,T] bool: real image and text tokens (not queries, not padding)."""
+    query_logits: Tensor | None
+    """[B,Q,V] LM logits at the query positions when requested, else None."""
+
+
+class VLBackbone(nn.Module):
+    """Base class: ``dim`` (token width), ``num_layers`` (L) and ``vocab_size`` attributes."""
 
     dim: int
+    num_layers: int
+    vocab_size: int
 
-    def encode(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    def encode(self, batch: dict[str, Any], num_queries: int = 0, return_query_logits: bool = False) -> VLMOutput:
         # Through __call__ so ZeRO-3's forward hooks gather this module's own parameters.
-        return self(batch)
+        return self(batch, num_queries=num_queries, return_query_logits=return_query_logits)
 
-    @abstractmethod
-    def forward(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]: ...
+    def forward(self, batch: dict[str, Any], num_queries: int = 0, return_query_logits: bool = False) -> VLMOutput:
+        raise NotImplementedError
+
+    def add_tokens(self, tokens: list[str]) -> list[int]:
+        """Extend the vocabulary (embeddings and LM head) with ``tokens``; returns their ids."""
+        raise NotImplementedError
+
+    def export_assets(self, out_dir: Path) -> dict[str, Any]:
+        """Write what a policy export needs besides weights; returns ``model.*`` config overrides."""
+        return {}
+
+
+def gather_positions(x: Tensor, index: Tensor) -> Tensor:
+    """x [B,T,D], index [B,Q] -> [B,Q,D]."""
+    return torch.gather(x, 1, index[:, :, None].expand(-1, -1, x.shape[-1]))
 
 
 def tokenize_bytes(texts: list[str], max_len: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
@@ -41,26 +74,52 @@ def tokenize_bytes(texts: list[str], max_len: int, device: torch.device | None =
     return ids.to(device), (ids != 0).to(device)
 
 
+BYTE_VOCAB = 257
+"""Tiny backbone vocabulary before added tokens: padding + 256 bytes."""
+PLACEHOLDER_ID = 0
+"""The tiny backbone's query placeholder reuses the padding row's id, embedded by its own parameter."""
+
+
 class TinyVLBackbone(VLBackbone):
-    """Patch embedding + byte embedding + ``depth`` transformer layers."""
+    """Patch embedding + byte embedding + ``depth`` transformer layers, then Q placeholder queries.
+
+    Added tokens (``add_tokens``) get new rows in the (tied) token embedding / LM head.
+    """
 
     def __init__(self, cfg: BackboneConfig) -> None:
         super().__init__()
-        self.cfg, self.dim = cfg, cfg.dim
+        self.cfg, self.dim, self.num_layers = cfg, cfg.dim, cfg.depth
         d = cfg.dim
         self.patch = PatchEmbed(cfg.image_size, cfg.patch_size, d)
         n_img = self.patch.num_patches
         self.num_views = 2 if cfg.use_wrist else 1
         self.image_pos = nn.Parameter(torch.randn(1, n_img, d) * 0.02)
-        self.text_embed = nn.Embedding(257, d, padding_idx=0)
+        self.text_embed = nn.Embedding(BYTE_VOCAB, d, padding_idx=0)
         self.text_pos = nn.Parameter(torch.randn(1, cfg.max_text_len, d) * 0.02)
-        self.type_embed = nn.Embedding(3, d)  # 0 = primary, 1 = wrist, 2 = text
+        self.type_embed = nn.Embedding(4, d)  # 0 = primary, 1 = wrist, 2 = text, 3 = query
+        self.query_embed = nn.Parameter(torch.randn(1, 1, d) * 0.02)
         self.blocks = nn.ModuleList(TransformerBlock(d, cfg.heads) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(d)
+        self.added_tokens: list[str] = []
         if cfg.frozen:
             self.requires_grad_(False)
 
-    def forward(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    @property
+    def vocab_size(self) -> int:  # type: ignore[override]
+        return self.text_embed.num_embeddings
+
+    def add_tokens(self, tokens: list[str]) -> list[int]:
+        old = self.text_embed
+        new = nn.Embedding(old.num_embeddings + len(tokens), self.dim, padding_idx=0)
+        with torch.no_grad():
+            new.weight[: old.num_embeddings] = old.weight
+            new.weight[old.num_embeddings :].normal_(0.0, 0.02)
+        new.weight.requires_grad_(old.weight.requires_grad)
+        self.text_embed = new
+        self.added_tokens += tokens
+        return list(range(old.num_embeddings, new.num_embeddings))
+
+    def forward(self, batch: dict[str, Any], num_queries: int = 0, return_query_logits: bool = False) -> VLMOutput:
         primary: Tensor = batch["image_primary"]
         b, dev = primary.shape[0], primary.device
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.frozen):
@@ -75,13 +134,33 @@ class TinyVLBackbone(VLBackbone):
                 masks.append(has[:, None].expand(-1, self.patch.num_patches))
             img = self.patch(normalize_image(torch.cat(views, dim=0))) + self.image_pos
             img = img.view(len(views), b, *img.shape[1:])
-            type_ids = torch.arange(len(views) + 1, device=dev)
-            types = self.type_embed(type_ids)
+            types = self.type_embed(torch.arange(4, device=dev))
             img_tokens = [img[v] + types[v] for v in range(len(views))]
             ids, text_mask = tokenize_bytes(list(batch["language"]), self.cfg.max_text_len, dev)
-            text = self.text_embed(ids) + self.text_pos + types[-1]
-            x = torch.cat([*img_tokens, text], dim=1)
-            mask = torch.cat([*masks, text_mask], dim=1)
-            for blk in self.blocks:
+            text = self.text_embed(ids) + self.text_pos + types[2]
+            parts, part_masks = [*img_tokens, text], [*masks, text_mask]
+            task_len = sum(p.shape[1] for p in parts)
+            if num_queries:
+                parts.append((self.query_embed + types[3]).expand(b, num_queries, -1))
+                part_masks.append(torch.ones(b, num_queries, dtype=torch.bool, device=dev))
+            x = torch.cat(parts, dim=1)
+            mask = torch.cat(part_masks, dim=1)
+            task_mask = mask.clone()
+            task_mask[:, task_len:] = False
+            hidden = [x]
+            for i, blk in enumerate(self.blocks):
                 x = blk(x, mask=mask)
-            return self.norm(x), mask
+                hidden.append(self.norm(x) if i == len(self.blocks) - 1 else x)
+            query_index = torch.arange(task_len, task_len + num_queries, device=dev).expand(b, -1)
+            logits = None
+            if return_query_logits:
+                logits = gather_positions(hidden[-1], query_index) @ self.text_embed.weight.t()
+            return VLMOutput(tuple(hidden), mask, query_index, task_mask, logits)
+
+
+def build_backbone(cfg: BackboneConfig) -> VLBackbone:
+    if cfg.kind == "hf":
+        from model.hf_vlm import HFVLMBackbone
+
+        return HFVLMBackbone(cfg.hf)
+    return TinyVLBackbone(cfg)

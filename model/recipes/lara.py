@@ -22,7 +22,7 @@ from model.config import LaraConfig
 from model.factory import register_builder, require_equal
 from model.flow_head import FlowMatchingHead
 from model.lam import LatentActionModel
-from model.vl_backbone import TinyVLBackbone, VLBackbone
+from model.vl_backbone import VLBackbone, build_backbone
 
 
 def supervision_mask(batch: dict[str, Any]) -> Tensor:
@@ -36,7 +36,7 @@ class LaraPolicy(nn.Module):
     def __init__(self, cfg: LaraConfig, backbone: VLBackbone | None = None, lam: LatentActionModel | None = None) -> None:
         super().__init__()
         self.cfg = cfg
-        self.backbone = backbone or TinyVLBackbone(cfg.backbone)
+        self.backbone = backbone or build_backbone(cfg.backbone)
         self.lam = lam or LatentActionModel(cfg.lam)
         self.head = FlowMatchingHead(cfg.head, self.backbone.dim)
         self.align_proj = nn.Linear(cfg.head.dim, cfg.lam.num_queries * cfg.lam.latent_dim)
@@ -50,9 +50,14 @@ class LaraPolicy(nn.Module):
             self.lam.eval()  # a frozen LAM keeps its codebook statistics and eval behaviour
         return self
 
+    def vl_tokens(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """The backbone's tokens at ``vl_layer`` (GR00T: the VLM truncated at layer 12) and their mask."""
+        out = self.backbone.encode(batch)
+        return out.hidden_states[self.cfg.vl_layer], out.mask
+
     def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         cfg = self.cfg
-        vl, vl_mask = self.backbone(batch)
+        vl, vl_mask = self.vl_tokens(batch)
         proprio = torch.where(batch["proprio_dim_mask"].bool(), batch["proprio"], torch.zeros_like(batch["proprio"]))
         flow = self.head.loss(vl, vl_mask, proprio, batch["embodiment_id"], batch["action"], supervision_mask(batch))
 
@@ -81,7 +86,7 @@ class LaraPolicy(nn.Module):
     @torch.no_grad()
     def predict_action(self, batch: dict[str, Any], num_steps: int | None = None, generator: torch.Generator | None = None) -> Tensor:
         """Normalized action chunk [B,N,A]; padded dims (``action_dim_mask`` False, if given) are 0."""
-        vl, vl_mask = self.backbone(batch)
+        vl, vl_mask = self.vl_tokens(batch)
         proprio = batch["proprio"]
         if "proprio_dim_mask" in batch:
             proprio = torch.where(batch["proprio_dim_mask"].bool(), proprio, torch.zeros_like(proprio))
@@ -94,7 +99,7 @@ class LaraPolicy(nn.Module):
 @register_builder(LaraConfig)
 def build_lara(cfg: LaraConfig, data: DataConfig) -> nn.Module:
     require_equal([
-        ("backbone.image_size", cfg.backbone.image_size, "image_size", data.image_size),
+        *([("backbone.image_size", cfg.backbone.image_size, "image_size", data.image_size)] if cfg.backbone.kind == "tiny" else []),
         ("lam.image_size", cfg.lam.image_size, "image_size", data.image_size),
         ("head.action_horizon", cfg.head.action_horizon, "action_horizon", data.action_horizon),
         ("head.action_dim", cfg.head.action_dim, "max_action_dim", data.max_action_dim),
