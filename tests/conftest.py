@@ -14,6 +14,23 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Build DeepSpeed's CPU shared-memory comm op once, here, before any multi-rank test.
+
+    DeepSpeed JIT-compiles it at the first ``init_distributed`` on a fresh machine (a minute on two
+    cores). Left to the tests, the first multi-rank job pays that inside its own timeout, and a
+    rank killed mid-build leaves torch's build lock behind so every later job waits on it forever.
+    """
+    try:
+        import deepspeed
+        from deepspeed.accelerator import get_accelerator
+    except ImportError:
+        return
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is not None and deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+        builder.load(verbose=False)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -47,8 +47,14 @@ class OptimConfig:
     """Linear warmup length in optimizer steps."""
     min_lr_ratio: float = 0.1
     """Final lr of the cosine schedule as a fraction of the peak."""
+    implementation: str = "torch"
+    """``torch``: torch.optim.AdamW (foreach), nothing to compile; ``deepspeed_fused``: DeepSpeed's
+    FusedAdam, which JIT-compiles a C++ (CPU) or CUDA op on first use: a minute per fresh machine,
+    a CUDA toolchain on GPU, and a build lock that a killed job can leave behind."""
 
     def __post_init__(self) -> None:
+        if self.implementation not in ("torch", "deepspeed_fused"):
+            raise ValueError(f"optim.implementation must be 'torch' or 'deepspeed_fused', got {self.implementation!r}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"optim.schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if self.lr <= 0:

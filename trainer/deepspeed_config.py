@@ -93,7 +93,8 @@ def build_deepspeed_config(cfg: PretrainConfig, world_size: int, load_universal:
         "bf16": {"enabled": t.precision == "bf16"},
         "optimizer": {
             "type": "AdamW",
-            "params": {"lr": o.lr, "betas": list(o.betas), "eps": o.eps, "weight_decay": o.weight_decay},
+            "params": {"lr": o.lr, "betas": list(o.betas), "eps": o.eps, "weight_decay": o.weight_decay,
+                       "torch_adam": o.implementation == "torch"},
         },
         "scheduler": scheduler,
         "steps_per_print": 2**62,  # our own metrics replace DeepSpeed's prints
