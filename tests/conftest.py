@@ -28,7 +28,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         return
     builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
     if builder is not None and deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
-        builder.load(verbose=False)
+        try:
+            builder.load(verbose=False)
+        except Exception as e:  # the first multi-rank test retries the build and reports it
+            import warnings
+
+            warnings.warn(f"pre-building DeepSpeed's shm comm op failed: {e}")
 
 
 def free_port() -> int:

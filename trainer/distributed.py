@@ -22,6 +22,26 @@ def init_distributed() -> None:
     import deepspeed  # deferred: importing deepspeed probes accelerators (slow)
 
     deepspeed.init_distributed(verbose=False)
+    _unlink_shm_allreduce_buffers()
+
+
+def _unlink_shm_allreduce_buffers() -> None:
+    """Unlink the /dev/shm segments DeepSpeed's CPU shm-allreduce op creates (one ~70 MB file per
+    rank, named after MASTER_ADDR/PORT), once every local rank has mapped them.
+
+    DeepSpeed never removes them, so every CPU job left ~70 MB x ranks in /dev/shm (RAM) until the
+    machine filled up. Unlinked now, the mappings stay valid and the memory goes back to the system
+    when the job's processes exit, however they exit.
+    """
+    if not dist.is_initialized() or not os.path.isdir("/dev/shm"):
+        return
+    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+            f"{os.environ.get('MASTER_PORT', '')}_{rank()}")
+    dist.barrier()  # every rank opened its peers' segments inside init_distributed
+    try:
+        os.unlink(os.path.join("/dev/shm", name))
+    except FileNotFoundError:  # no shm op on this machine (GPU, or ranks on several hosts)
+        pass
 
 
 def rank() -> int:
