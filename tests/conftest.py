@@ -45,12 +45,16 @@ def free_port() -> int:
 def run_deepspeed(args: list[str], num_ranks: int, timeout: int = 600, env: dict | None = None,
                   check: bool = True) -> subprocess.CompletedProcess:
     """``deepspeed --num_gpus N launcher/pretrain.py ARGS`` on CPU, with a private port."""
+    port = free_port()
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(num_ranks),
-           "--master_port", str(free_port()), str(REPO / "launcher" / "pretrain.py"), *args]
+           "--master_port", str(port), str(REPO / "launcher" / "pretrain.py"), *args]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", **(env or {})}
     proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"deepspeed run failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
+    # DeepSpeed's CPU shm-allreduce segments (70 MB per rank) must not outlive the job.
+    leaked = sorted(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
+    assert not leaked, f"the job left shared memory behind: {leaked}"
     return proc
 
 
