@@ -61,6 +61,12 @@ class DataConfig:
     """A: action vectors are zero-padded to this many dims (with ``action_dim_mask``)."""
     max_proprio_dim: int = 8
     """P: proprio vectors are zero-padded to this many dims (with ``proprio_dim_mask``)."""
+    latent_labels: str = ""
+    """Latent-label store (zarr, ``python -m launcher.annotate_latents``): every sample then carries
+    ``latent_ids``/``latent_emb``/``latent_valid``/``has_latent`` for its action-chunk steps (see
+    ``data_service.schema``). Empty: no latent keys in batches."""
+    latent_cache_mb: int = 256
+    """Per decoder: MiB of latent-label episodes kept loaded (LRU) when ``latent_labels`` is set."""
     lam_stride: int = 0
     """H override for the LAM pair (x_t, x_{t+H}); 0 uses each dataset's registry stride."""
     future_out_of_range: str = "clamp"
@@ -112,6 +118,8 @@ class DataConfig:
             raise ValueError(f"data.on_bad_sample must be 'error' or 'skip', got {self.on_bad_sample!r}")
         if self.action_horizon < 1:
             raise ValueError(f"data.action_horizon must be >= 1, got {self.action_horizon}")
+        if self.latent_cache_mb < 0:
+            raise ValueError(f"data.latent_cache_mb must be >= 0, got {self.latent_cache_mb}")
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
         if self.actor_lifetime not in ("job", "detached"):

@@ -43,6 +43,9 @@ class DecodeRecipe:
     """The data config (window shape, image size, ``on_bad_sample``...)."""
     make_sample: MakeSample
     """Default sample assembly (``data_service.windowing.make_sample``)."""
+    latents: Any = None
+    """The opened ``data_service.latent_labels.LatentLabels`` when ``cfg.latent_labels`` is set
+    (each decoder gets its own copy with an empty episode cache), else None."""
 
     def identity(self) -> str:
         """Hash of everything that decides the decoded bytes: attached services must match it."""
@@ -59,7 +62,8 @@ class DecoderWorker:
 
     def __init__(self, recipe: DecodeRecipe) -> None:
         self._identity = recipe.identity()
-        self.reader = SampleReader(recipe.plan, recipe.sources, recipe.normalizers, recipe.cfg, recipe.make_sample)
+        self.reader = SampleReader(recipe.plan, recipe.sources, recipe.normalizers, recipe.cfg, recipe.make_sample,
+                                   latents=recipe.latents)
 
     def describe(self) -> dict[str, Any]:
         """Identity (checked by every attaching client) and where this worker runs."""

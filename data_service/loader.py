@@ -24,12 +24,15 @@ import torch
 from data_service.data_stats import DataStats
 from data_service.plan import PLAN_VERSION, PlanDataset, SamplePlan
 from data_service.reader import SampleReader, stack_samples
-from data_service.schema import TENSOR_KEYS
+from data_service.schema import OPTIONAL_TENSOR_KEYS, TENSOR_KEYS
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ClientBase", "DataClient", "DataStats", "PlanMismatchError", "SampleReader", "build_plan_datasets",
            "collate", "to_torch"]
+
+
+_TENSOR_KEYS = frozenset(TENSOR_KEYS + OPTIONAL_TENSOR_KEYS)
 
 
 class PlanMismatchError(RuntimeError):
@@ -38,7 +41,7 @@ class PlanMismatchError(RuntimeError):
 
 def to_torch(batch: dict[str, Any]) -> dict[str, Any]:
     """Stacked numpy batch -> torch tensors for tensor keys (zero-copy); list keys stay lists."""
-    return {k: (torch.from_numpy(v) if k in TENSOR_KEYS else v) for k, v in batch.items()}
+    return {k: (torch.from_numpy(v) if k in _TENSOR_KEYS else v) for k, v in batch.items()}
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -72,6 +72,11 @@ def build_data(cfg: DataConfig, *, rank: int, world_size: int, micro_batch_size:
     for s in sources:
         H = lam_stride(s, cfg)
         windows.append(np.array([len(valid_timesteps(int(n), H, cfg)) for n in s.episode_lengths], dtype=np.int64))
+    latents = None
+    if cfg.latent_labels:  # opened (and checked against the mixture) once, before any decoder starts
+        from data_service.latent_labels import LatentLabels
+
+        latents = LatentLabels.open(cfg, sources)
     plan = SamplePlan(build_plan_datasets(sources, [e.weight for e in cfg.datasets], windows),
                       seed=cfg.seed, block_size=cfg.plan_block_size, episode_group=cfg.episode_group)
     mix = ", ".join(f"{s.name} {100 * p:.1f}%" for s, p in zip(sources, plan.probabilities))
@@ -82,9 +87,9 @@ def build_data(cfg: DataConfig, *, rank: int, world_size: int, micro_batch_size:
 
         client = build_ray_client(plan, sources, normalizers, cfg, make_sample, rank=rank, world_size=world_size,
                                   micro_batch_size=micro_batch_size, grad_accum=grad_accum,
-                                  is_local_leader=is_local_leader, barrier=barrier)
+                                  is_local_leader=is_local_leader, barrier=barrier, latents=latents)
     else:
-        reader = SampleReader(plan, sources, normalizers, cfg, make_sample, DataStats())
+        reader = SampleReader(plan, sources, normalizers, cfg, make_sample, DataStats(), latents=latents)
         client = DataClient(plan, reader, rank=rank, world_size=world_size, micro_batch_size=micro_batch_size,
                             grad_accum=grad_accum, prefetch_batches=cfg.prefetch_batches)
     return DataBundle(client=client, sources=sources, normalizers=normalizers, plan=plan, stats=client.stats)

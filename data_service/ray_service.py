@@ -38,7 +38,7 @@ from data_service.loader import ClientBase, to_torch
 from data_service.plan import SamplePlan
 from data_service.ray_cluster import RaySession, connect, import_ray, job_key, worker_runtime_env
 from data_service.reader import MakeSample
-from data_service.schema import LIST_KEYS, TENSOR_KEYS
+from data_service.schema import LIST_KEYS, tensor_keys
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ class RayDataClient(ClientBase):
         results = [self._result(part) for part in pending.parts]
         chunks = [r["batch"] for r in results]
         out: dict[str, Any] = {}
-        for key in TENSOR_KEYS:
+        for key in tensor_keys(chunks[0]):
             # The dtype np.stack would give the whole micro batch (sources may differ).
             out[key] = np.empty((n, *chunks[0][key].shape[1:]), np.result_type(*(c[key] for c in chunks)))
             for part, chunk in zip(pending.parts, chunks):
@@ -283,11 +283,14 @@ class RayDataClient(ClientBase):
 
 def build_ray_client(plan: SamplePlan, sources: list[Any], normalizers: list[Any], cfg: DataConfig,
                      make_sample: MakeSample, *, rank: int, world_size: int, micro_batch_size: int, grad_accum: int,
-                     is_local_leader: bool, barrier: Callable[[], None]) -> RayDataClient:
-    """Attach this rank to Ray and to the decoder service (collective: every rank calls it)."""
+                     is_local_leader: bool, barrier: Callable[[], None], latents: Any = None) -> RayDataClient:
+    """Attach this rank to Ray and to the decoder service (collective: every rank calls it).
+
+    ``latents``: the opened ``LatentLabels`` of ``cfg.latent_labels`` (shipped to the decoders)."""
     session = connect(cfg, is_local_leader=is_local_leader, barrier=barrier)
     try:
-        recipe = DecodeRecipe(plan=plan, sources=sources, normalizers=normalizers, cfg=cfg, make_sample=make_sample)
+        recipe = DecodeRecipe(plan=plan, sources=sources, normalizers=normalizers, cfg=cfg, make_sample=make_sample,
+                              latents=latents)
         name = cfg.service_name or default_service_name(recipe)
         pool = DecoderPool(recipe, name=name, namespace=cfg.ray_namespace, num_workers=cfg.num_workers,
                            worker_cpus=cfg.worker_cpus, lifetime=cfg.actor_lifetime,

@@ -17,7 +17,7 @@ from data_service.data_stats import DataStats
 from data_service.decode import DecodedFrameCache
 from data_service.errors import DataError
 from data_service.plan import SamplePlan
-from data_service.schema import LIST_KEYS, TENSOR_KEYS
+from data_service.schema import LIST_KEYS, tensor_keys
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,9 @@ class SampleReader:
     A source may assemble its own samples by defining ``make_sample`` with the same signature
     (e.g. human video without actions); otherwise the shared ``make_sample`` is used, so robot
     and video datasets mix in one plan and one reader.
+
+    ``latents`` (a ``data_service.latent_labels.LatentLabels``) adds the latent-label keys to
+    every sample; when None and ``cfg.latent_labels`` is set, the reader opens the store itself.
     """
 
     # How far away (in plan indices) a replacement for a bad sample is drawn; far enough to
@@ -39,7 +42,7 @@ class SampleReader:
     _MAX_REPLACEMENTS = 16
 
     def __init__(self, plan: SamplePlan, sources: list[Any], normalizers: list[Any], cfg: DataConfig,
-                 make_sample: MakeSample, stats: DataStats | None = None) -> None:
+                 make_sample: MakeSample, stats: DataStats | None = None, latents: Any = None) -> None:
         self.plan, self.sources, self.normalizers, self.cfg = plan, sources, normalizers, cfg
         self._make_sample = make_sample
         self.stats = stats
@@ -48,6 +51,12 @@ class SampleReader:
         self._episodes: OrderedDict[tuple[int, int], Any] = OrderedDict()
         self._capacity = max(4, 2 * cfg.episode_group * len(sources))
         self.frame_cache = DecodedFrameCache(cfg.decoded_frame_cache_mb * 2**20)
+        if latents is None and cfg.latent_labels:
+            from data_service.latent_labels import LatentLabels
+
+            latents = LatentLabels.open(cfg, sources)
+        self.latents = latents
+        """Latent-label join (None: samples carry no latent keys)."""
 
     def _episode(self, d: int, e: int) -> Any:
         key = (d, e)
@@ -75,6 +84,9 @@ class SampleReader:
                 else:
                     sample = self._make_sample(ep, s.t, source, self.normalizers[s.dataset], self.cfg,
                                                frame_cache=self.frame_cache)
+                if self.latents is not None:
+                    sample.update(self.latents.labels(source.name, s.episode, s.t,
+                                                      int(source.episode_lengths[s.episode])))
             except DataError:
                 if self.cfg.on_bad_sample != "skip" or attempts >= self._MAX_REPLACEMENTS:
                     raise
@@ -91,8 +103,13 @@ class SampleReader:
 
 
 def stack_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per-sample dicts -> batch dict of stacked numpy arrays (tensor keys) and lists (list keys)."""
-    batch: dict[str, Any] = {key: np.stack([np.asarray(s[key]) for s in samples]) for key in TENSOR_KEYS}
+    """Per-sample dicts -> batch dict of stacked numpy arrays (tensor keys, including the optional
+    latent keys when the samples carry them) and lists (list keys)."""
+    keys = tensor_keys(samples[0])
+    for i, s in enumerate(samples):
+        if tensor_keys(s) != keys:
+            raise ValueError(f"sample {i} has tensor keys {tensor_keys(s)}, sample 0 has {keys}")
+    batch: dict[str, Any] = {key: np.stack([np.asarray(s[key]) for s in samples]) for key in keys}
     for key in LIST_KEYS:
         batch[key] = [s[key] for s in samples]
     return batch

@@ -21,10 +21,24 @@ has_action          bool   [B]          False for action-less sources (human vid
 embodiment_id       int64  [B]          index into the embodiment-specific head weights
 dataset_id          int64  [B]          index of the source dataset in the mixture
 language            list[str] (len B)   natural-language instruction
+latent_ids          int64  [B,N,Q]      LAM token ids of steps t..t+N-1 (index clamped to T-1)
+latent_emb          float32 [B,N,Q,D]   the LAM embeddings stored with those ids
+latent_valid        bool   [B,N]        step inside the episode (False past its end)
+has_latent          bool   [B]          the store labels this dataset (False: zeros above)
 ==================  ==================  =====================================================
+
+The four ``latent_*``/``has_latent`` keys are present only when ``data.latent_labels`` names a
+latent-label store (``data_service.latent_store``, written by ``launcher/annotate_latents.py``);
+Q and D are the store's tokens per step and embedding width. They are read for the same step
+indices as the action chunk, from the sample's (dataset, episode, t) identity, for robot and
+human-video datasets alike (a clip's episode is its index in the split). A dataset the store has
+no labels for gets ``has_latent`` False, all-False ``latent_valid`` and zeros.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 TENSOR_KEYS = (
     "sample_id",
@@ -41,7 +55,18 @@ TENSOR_KEYS = (
     "embodiment_id",
     "dataset_id",
 )
-"""Keys holding torch tensors; ``language`` is the only non-tensor field."""
+"""Keys holding torch tensors in every batch; ``language`` is the only non-tensor field."""
 
 LIST_KEYS = ("language",)
 """Keys holding python lists of length B."""
+
+LATENT_KEYS = ("latent_ids", "latent_emb", "latent_valid", "has_latent")
+"""Tensor keys present only when ``data.latent_labels`` is set (see the table)."""
+
+OPTIONAL_TENSOR_KEYS = LATENT_KEYS
+"""Tensor keys a sample or batch may carry in addition to ``TENSOR_KEYS``."""
+
+
+def tensor_keys(sample: Mapping[str, Any]) -> tuple[str, ...]:
+    """The tensor keys of a sample or batch: ``TENSOR_KEYS`` plus the optional ones it holds."""
+    return TENSOR_KEYS + tuple(k for k in OPTIONAL_TENSOR_KEYS if k in sample)
