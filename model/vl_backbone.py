@@ -83,7 +83,7 @@ PLACEHOLDER_ID = 0
 class TinyVLBackbone(VLBackbone):
     """Patch embedding + byte embedding + ``depth`` transformer layers, then Q placeholder queries.
 
-    Added tokens (``add_tokens``) get new rows in the (tied) token embedding / LM head.
+    Added tokens (``add_tokens``) get new rows in the token embedding and the LM head.
     """
 
     def __init__(self, cfg: BackboneConfig) -> None:
@@ -100,6 +100,8 @@ class TinyVLBackbone(VLBackbone):
         self.query_embed = nn.Parameter(torch.randn(1, 1, d) * 0.02)
         self.blocks = nn.ModuleList(TransformerBlock(d, cfg.heads) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(d)
+        # Untied: under ZeRO-3 the embedding's weight exists only inside the embedding's own forward.
+        self.lm_head = nn.Linear(d, BYTE_VOCAB, bias=False)
         self.added_tokens: list[str] = []
         if cfg.frozen:
             self.requires_grad_(False)
@@ -116,6 +118,13 @@ class TinyVLBackbone(VLBackbone):
             new.weight[old.num_embeddings :].normal_(0.0, 0.02)
         new.weight.requires_grad_(old.weight.requires_grad)
         self.text_embed = new
+        old_head = self.lm_head
+        head = nn.Linear(self.dim, new.num_embeddings, bias=False)
+        with torch.no_grad():
+            head.weight[: old_head.out_features] = old_head.weight
+            head.weight[old_head.out_features :].normal_(0.0, 0.02)
+        head.weight.requires_grad_(old_head.weight.requires_grad)
+        self.lm_head = head
         self.added_tokens += tokens
         return list(range(old.num_embeddings, new.num_embeddings))
 
@@ -154,7 +163,7 @@ class TinyVLBackbone(VLBackbone):
             query_index = torch.arange(task_len, task_len + num_queries, device=dev).expand(b, -1)
             logits = None
             if return_query_logits:
-                logits = gather_positions(hidden[-1], query_index) @ self.text_embed.weight.t()
+                logits = self.lm_head(gather_positions(hidden[-1], query_index))
             return VLMOutput(tuple(hidden), mask, query_index, task_mask, logits)
 
 

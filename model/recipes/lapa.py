@@ -1,0 +1,153 @@
+"""LAPA on a VLM backbone: latent pretraining (stage 2) and action finetuning (stage 3).
+
+Stage 2 (``lapa_latent``): S x Q placeholder queries; a separate latent-token head (LAPA's
+``delta_head``: its own K-way output rather than vocabulary rows) predicts the LAM's codes; loss =
+CE over labelled steps. No robot actions are needed, so human video trains it fully.
+(LAPA adds 0.01 x text CE on the prompt; not implemented here: the prompt is a fixed template.)
+
+Stage 3 (``lapa_action``): ``action_horizon`` x A queries; a new head predicts a quantile bin per
+action dimension (bins fitted per dimension on the training data, duplicates dropped, as LAPA's
+``qcut``); loss = CE over real dims of valid steps of samples with actions. The backbone starts
+from a stage-2 export (``init_from``). predict_action de-bins the argmax to bin centres.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from data_service.config import DataConfig
+from model.action_bins import QuantileActionBins
+from model.factory import register_builder, require_equal
+from model.latent_targets import LatentSource, load_exported_weights
+from model.recipes.pixels_to_tokens import supervision_mask, token_ce
+from model.vl_backbone import VLBackbone, build_backbone, gather_positions
+from model.vla_config import LapaActionConfig, LapaConfig, LapaLatentConfig
+
+
+class TokenHead(nn.Module):
+    """LayerNorm + Linear from query states to a token vocabulary."""
+
+    def __init__(self, dim: int, vocab: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.proj = nn.Linear(dim, vocab)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(self.norm(x))
+
+
+class LapaPolicy(nn.Module):
+    """forward(batch) -> (loss, metrics); predict_latents (stage 2) / predict_action (stage 3)."""
+
+    def __init__(self, cfg: LapaConfig, data: DataConfig, bins: QuantileActionBins | None = None,
+                 backbone: VLBackbone | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = backbone or build_backbone(cfg.backbone)
+        if hasattr(self.backbone, "horizon"):
+            self.backbone.horizon = data.action_horizon  # the HF prompt names the chunk length
+        if cfg.init_from:
+            load_exported_weights(self.backbone, cfg.init_from, "backbone.", "model.init_from")
+        dim = self.backbone.dim
+        if cfg.stage == "latent":
+            self.latent = LatentSource(cfg.latent)
+            self.num_queries = self.latent.steps(data.action_horizon) * self.latent.codes_per_step
+            self.head = TokenHead(dim, self.latent.num_codes)
+            self.bins = None
+        else:
+            if bins is None:
+                raise ValueError("lapa_action needs fitted action bins")
+            self.latent = None
+            self.horizon, self.action_dim = cfg.action_horizon, data.max_action_dim
+            self.num_queries = self.horizon * self.action_dim
+            self.bins = bins
+            self.head = TokenHead(dim, cfg.num_bins)
+        self.tokens_per_sample = float(self.num_queries)
+
+    def _query_logits(self, batch: dict[str, Any]) -> Tensor:
+        out = self.backbone.encode(batch, num_queries=self.num_queries)
+        return self.head(gather_positions(out.hidden_states[-1], out.query_index))
+
+    def _bin_logits(self, logits: Tensor) -> Tensor:
+        """[B,n*A,bins] -> [B,n,A,bins] with each dimension's dropped (duplicate) bins masked out."""
+        b = logits.shape[0]
+        logits = logits.view(b, self.horizon, self.action_dim, -1).float()
+        real = torch.arange(logits.shape[-1], device=logits.device) < self.bins.num_valid[:, None]  # [A,bins]
+        return logits.masked_fill(~real, torch.finfo(logits.dtype).min)
+
+    def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        logits = self._query_logits(batch)
+        if self.cfg.stage == "latent":
+            lat = self.latent(batch)
+            mask = lat.valid[:, :, None].expand_as(lat.ids).flatten(1)
+            ce, acc = token_ce(logits, lat.ids.flatten(1), mask)
+            metrics = {"loss/latent_ce": ce.detach(), "latent/acc": acc, **lat.metrics}
+        else:
+            n = self.horizon
+            targets = self.bins.encode(batch["action"][:, :n])  # [B,n,A]
+            mask = supervision_mask(batch)[:, :n]
+            ce, acc = token_ce(self._bin_logits(logits), targets, mask)
+            metrics = {"loss/action_ce": ce.detach(), "action/bin_acc": acc,
+                       "action/supervised_frac": batch["has_action"].float().mean().detach()}
+        metrics["loss/total"] = ce.detach()
+        return ce, metrics
+
+    @torch.no_grad()
+    def predict_latents(self, batch: dict[str, Any]) -> Tensor:
+        """Stage 2: predicted code ids [B,S*Q]."""
+        if self.cfg.stage != "latent":
+            raise ValueError("predict_latents is the stage-2 (lapa_latent) output")
+        return self._query_logits(batch).argmax(-1)
+
+    @torch.no_grad()
+    def predict_action(self, batch: dict[str, Any], **_: Any) -> Tensor:
+        """Stage 3: normalized actions [B,n,A] (bin centres); padded dims 0."""
+        if self.cfg.stage != "action":
+            raise ValueError("predict_action needs the stage-3 (lapa_action) model")
+        actions = self.bins.decode(self._bin_logits(self._query_logits(batch)).argmax(-1))
+        if "action_dim_mask" in batch:
+            actions = actions * batch["action_dim_mask"].to(actions.dtype)[:, None, :]
+        return actions
+
+
+def load_or_fit_bins(cfg: LapaConfig, data: DataConfig) -> QuantileActionBins:
+    """Bins from ``bins_path`` or fitted on ``bins_fit_samples`` training actions (deterministic)."""
+    if cfg.bins_path:
+        path = Path(cfg.bins_path)
+        try:
+            bins = QuantileActionBins.from_json(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError) as e:
+            raise ValueError(f"model.bins_path={path}: cannot read action bins ({e})") from e
+    else:
+        from data_service.action_quantiles import sample_actions
+
+        actions, valid = sample_actions(data, max_samples=cfg.bins_fit_samples, seed=data.seed)
+        bins = QuantileActionBins.fit(np.where(valid, actions, np.nan), cfg.num_bins)
+    if bins.action_dim != data.max_action_dim or bins.num_bins != cfg.num_bins:
+        raise ValueError(f"action bins have {bins.action_dim} dims x {bins.num_bins} bins; the model expects "
+                         f"data.max_action_dim={data.max_action_dim} x model.num_bins={cfg.num_bins}")
+    return bins
+
+
+@register_builder(LapaLatentConfig)
+@register_builder(LapaActionConfig)
+def build_lapa(cfg: LapaConfig, data: DataConfig) -> nn.Module:
+    pairs = []
+    if cfg.backbone.kind == "tiny":
+        pairs.append(("backbone.image_size", cfg.backbone.image_size, "image_size", data.image_size))
+    if cfg.stage == "latent" and cfg.latent.source == "online":
+        pairs.append(("latent.lam.image_size", cfg.latent.lam.image_size, "image_size", data.image_size))
+    require_equal(pairs)
+    if cfg.stage == "latent" and cfg.latent.source == "offline" and not data.latent_labels:
+        raise ValueError("model.latent.source=offline needs data.latent_labels")
+    if cfg.stage == "action" and cfg.action_horizon > data.action_horizon:
+        raise ValueError(f"model.action_horizon={cfg.action_horizon} > data.action_horizon={data.action_horizon}")
+    bins = load_or_fit_bins(cfg, data) if cfg.stage == "action" else None
+    return LapaPolicy(cfg, data, bins)
