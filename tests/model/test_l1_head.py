@@ -73,8 +73,8 @@ def test_gate_starts_closed_so_task_tokens_do_not_matter_at_init() -> None:
     torch.testing.assert_close(head(changed, task_mask, idx, proprio), out)
     # The queries and proprio do matter at init.
     moved = [h.clone() for h in layers]
-    for h in moved:
-        h[:, -1] += 1.0
+    for h in moved:  # random, not constant: a constant shift is invisible through LayerNorm
+        h[:, -1] += torch.randn_like(h[:, -1])
     assert not torch.allclose(head(moved, task_mask, idx, proprio), out)
     assert not torch.allclose(head(layers, task_mask, idx, proprio + 1.0), out)
     # Once a gate opens, the task tokens flow in.
