@@ -36,13 +36,17 @@ class HFBackboneConfig:
     placeholder: str = "🔍"
     """Token repeated after the prompt; the recipe's action/latent queries are the last ones."""
     max_length: int = 0
-    """Pad/truncate the prompt to this many tokens (0 = longest in the batch)."""
+    """Right-pad every prompt to this many tokens (fixed shapes; 0 = longest in the batch). A longer
+    prompt is an error: truncating would cut image tokens or queries."""
     torch_dtype: str = "float32"
     """Dtype the weights are loaded in (``bfloat16`` on GPU)."""
     attn_implementation: str = "sdpa"
     """transformers attention backend (``sdpa``, ``flash_attention_2``, ``eager``)."""
     extra_tokens: list[str] = field(default_factory=list)
-    """Tokens added to the vocabulary at build time (recipes add their own, e.g. ``<ACT_i>``)."""
+    """Tokens added to the vocabulary at build time (recipes add their own, e.g. ``<ACT_i>``, with
+    ``add_tokens``); their embedding and LM-head rows train under LoRA. A policy export lists here every
+    token the backbone added (the placeholder too when it had to be added), so the rebuilt model has
+    the same vocabulary and trainable rows."""
 
     def __post_init__(self) -> None:
         if self.tuning not in ("frozen", "lora", "full"):
