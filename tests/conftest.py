@@ -13,6 +13,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# DeepSpeed's JIT-built ops go to a per-checkout directory: a build killed in another checkout (or
+# by another job on the machine) cannot leave a lock that stalls this suite's jobs.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
+
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Build DeepSpeed's CPU shared-memory comm op once, here, before any multi-rank test.
