@@ -232,6 +232,36 @@ class ProfileConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Periodic evaluation on held-out episodes (``trainer/evaluate.py``): ``eval/<metric>`` goes to the
+    same sinks as the training metrics (metrics.jsonl, console, wandb)."""
+
+    every_steps: int = 0
+    """Evaluate every N optimizer steps and at ``trainer.max_steps`` (0 disables). Every rank evaluates
+    its own shard of the held-out batches in lockstep (ZeRO-3 gathers parameters collectively) and
+    the metric sums are all-reduced; the step's logged record carries the results."""
+    split: str = "val"
+    """Split every mixture dataset is read from for evaluation, in TFDS syntax (``val``, ``train[95%:]``);
+    it should hold other episodes than the training split. Decoded in-process (no Ray service)."""
+    max_batches: int = 4
+    """Micro batches (``trainer.micro_batch_size`` samples each) per rank per evaluation; every
+    evaluation reads the same held-out samples (the first ones of the split's sample plan)."""
+    report: bool = True
+    """Rank 0 rewrites ``<run.dir>/eval/eval_report.md`` (metrics table, per-dim error and
+    metric-over-steps plots) after each evaluation."""
+    latent_labels: str = ""
+    """Latent-label store for the eval split (recipes with offline latent labels). Episode indices are
+    split-relative, so the training split's store cannot label held-out episodes: annotate the eval
+    split into its own store. Empty keeps ``data.latent_labels``."""
+
+    def __post_init__(self) -> None:
+        if self.every_steps < 0:
+            raise ValueError(f"eval.every_steps must be >= 0, got {self.every_steps}")
+        if self.max_batches < 1:
+            raise ValueError(f"eval.max_batches must be >= 1, got {self.max_batches}")
+
+
+@dataclass
 class PretrainConfig:
     """A whole pretraining run. ``deepspeed launcher/pretrain.py --config configs/<recipe>.yaml``."""
 
@@ -254,3 +284,5 @@ class PretrainConfig:
     """Metric sinks."""
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     """Profiler capture and throughput report."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Periodic evaluation on a held-out split."""

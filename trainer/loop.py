@@ -24,6 +24,7 @@ from trainer.config import PretrainConfig
 from trainer.config_io import dump_config
 from trainer.deepspeed_config import gradient_accumulation_steps
 from trainer.engine import build_engine, sync_lr_schedule
+from trainer.evaluate import PeriodicEvaluator
 from trainer.flops import count_flops, device_peak_flops
 from trainer.media import collect_media, has_media, write_pngs
 from trainer.metrics import MetricAccumulator, MetricsSink
@@ -137,6 +138,8 @@ class _Trainer:
         self.media = cfg.logging.media_every > 0 and has_media(engine.module)
         self.window_steps = 0
         self.last_record: dict[str, Any] = {}
+        self.evaluator = PeriodicEvaluator(cfg, self.run_dir, self.device) if cfg.eval.every_steps > 0 else None
+        self.pending_eval: dict[str, float] = {}
 
     # --- one optimizer step ------------------------------------------------------------------
     def _train_step(self, step: int) -> tuple[bool, dict[str, Any]]:
@@ -198,7 +201,10 @@ class _Trainer:
             self.window_steps += 1
             if self.profiler.step_finished(step, phases):
                 self._write_profile_report()
-            if step % cfg.trainer.log_every == 0 or step == cfg.trainer.max_steps:
+            evaluated = self.evaluator is not None and self.evaluator.due(step)
+            if evaluated:
+                self._evaluate(step)
+            if step % cfg.trainer.log_every == 0 or step == cfg.trainer.max_steps or evaluated:
                 self._log(step)
             if self.media and step % cfg.logging.media_every == 0:
                 self._write_media(step, batch)
@@ -214,6 +220,14 @@ class _Trainer:
                 log.warning("checkpointed step %d after a preemption signal; exiting", step)
                 break
         return {"step": step, "exit_reason": exit_reason, "last": self.last_record}
+
+    def _evaluate(self, step: int) -> None:
+        """Held-out evaluation on every rank (collective); ``_log`` writes it with this step's record."""
+        assert self.evaluator is not None
+        t0 = time.perf_counter()
+        self.pending_eval = self.evaluator.run(self.engine.module, step)
+        # Keep evaluation out of the next step's wall time (samples/s and the step-time breakdown).
+        self.timer._step_t0 += time.perf_counter() - t0
 
     def _save(self, step: int) -> None:
         if step == self.start_step:
@@ -249,7 +263,9 @@ class _Trainer:
             "device": self.device_name,
             "world_size": self.world,
             "time": time.time(),
+            **self.pending_eval,
         }
+        self.pending_eval = {}
         self.sink.write(record)
         self.last_record = record
         self.window_steps = 0
@@ -276,6 +292,8 @@ class _Trainer:
     def close(self) -> None:
         self.profiler.stop()
         self.data.client.close()
+        if self.evaluator is not None:
+            self.evaluator.close()
         self.sink.close()
         self.bar.close()
         if self.samples_file is not None:
