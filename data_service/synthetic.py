@@ -319,6 +319,22 @@ class Waypoint:
 
 
 @dataclass
+class Goal:
+    """What an instruction asks for, in structured form (``data_service.sim_env`` judges success on it)."""
+
+    kind: str
+    """``pick`` | ``place`` | ``push`` | ``move`` | ``rotate``."""
+    block: str | None = None
+    """Colour of the block the instruction names (pick, place, push)."""
+    place: str | None = None
+    """Key of ``PLACES`` (place, move)."""
+    direction: str | None = None
+    """Key of ``DIRECTIONS`` (push)."""
+    turn: float = 0.0
+    """Rotation sense (rotate): +1 counterclockwise (yaw increases), -1 clockwise."""
+
+
+@dataclass
 class Task:
     """An instruction and the waypoints that carry it out."""
 
@@ -326,6 +342,8 @@ class Task:
     """Natural-language instruction."""
     waypoints: list[Waypoint] = field(default_factory=list)
     """Waypoints in order."""
+    goal: Goal | None = None
+    """The instruction's meaning."""
 
 
 def _make_task(world: World, rng: np.random.Generator) -> Task:
@@ -340,13 +358,14 @@ def _make_task(world: World, rng: np.random.Generator) -> Task:
                Waypoint(np.array([*b.pos, 0.04]), 0.0, hold=1)]
         if kind == "pick":
             up = np.array([*b.pos, 0.7])
-            return Task(f"pick up the {names[i]} block", pts + [Waypoint(up, 0.0, hold=2)])
+            return Task(f"pick up the {names[i]} block", pts + [Waypoint(up, 0.0, hold=2)],
+                        Goal("pick", block=names[i]))
         place = str(rng.choice(list(PLACES)))
         target = np.array(PLACES[place])
         return Task(f"put the {names[i]} block in the {place}" if place != "center" else f"put the {names[i]} block in the center",
                     pts + [Waypoint(np.array([*b.pos, 0.5]), 0.0), Waypoint(np.array([*target, 0.5]), 0.0),
                            Waypoint(np.array([*target, 0.06]), 0.0), Waypoint(np.array([*target, 0.06]), 1.0, hold=1),
-                           Waypoint(np.array([*target, 0.5]), 1.0)])
+                           Waypoint(np.array([*target, 0.5]), 1.0)], Goal("place", block=names[i], place=place))
     if kind == "push":
         i = int(rng.integers(len(names)))
         b = world.blocks[i]
@@ -357,17 +376,19 @@ def _make_task(world: World, rng: np.random.Generator) -> Task:
         yaw = 0.0 if dname in ("forward", "backward") else np.pi / 2
         return Task(f"push the {names[i]} block {dname}",
                     [Waypoint(np.array([*start, hover]), 0.0, yaw), Waypoint(np.array([*start, 0.05]), 0.0),
-                     Waypoint(np.array([*end, 0.05]), 0.0), Waypoint(np.array([*end, 0.4]), 1.0)])
+                     Waypoint(np.array([*end, 0.05]), 0.0), Waypoint(np.array([*end, 0.4]), 1.0)],
+                    Goal("push", block=names[i], direction=dname))
     if kind == "move":
         place = str(rng.choice(list(PLACES)))
         target = np.array([*PLACES[place], rng.uniform(0.2, 0.6)])
-        return Task(f"move the gripper to the {place}", [Waypoint(target, 1.0, float(rng.uniform(-1, 1)), hold=2)])
+        return Task(f"move the gripper to the {place}", [Waypoint(target, 1.0, float(rng.uniform(-1, 1)), hold=2)],
+                    Goal("move", place=place))
     turn = float(rng.choice([-1.0, 1.0]))
     yaw0 = float(world.pose[5])
     words = "counterclockwise" if turn > 0 else "clockwise"
     return Task(f"rotate the gripper {words}",
                 [Waypoint(world.pose[:3].copy(), 1.0, yaw0 + turn * 0.8), Waypoint(world.pose[:3].copy(), 0.0, yaw0 + turn * 1.6),
-                 Waypoint(world.pose[:3].copy(), 1.0, yaw0 + turn * 2.4)])
+                 Waypoint(world.pose[:3].copy(), 1.0, yaw0 + turn * 2.4)], Goal("rotate", turn=turn))
 
 
 def _path_length(world: World, task: Task) -> float:
@@ -449,15 +470,26 @@ class SyntheticEpisode:
     """The episode's instruction."""
 
 
+def episode_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The RNG stream of episode ``index`` of ``split`` (``train``, ``val``; any other name shares
+    a third stream, e.g. the closed-loop evaluation scenes of ``data_service.sim_env``)."""
+    return np.random.default_rng([seed, {"train": 0, "val": 1}.get(split, 2), index])
+
+
+def start_episode(rng: np.random.Generator, length: int) -> tuple[int, World, Task, ScriptedPolicy]:
+    """Draws an episode's length T (``length`` +-25%), its scene, its task and the scripted policy
+    that carries it out (in that order, from ``rng``, which the policy keeps for its noise)."""
+    T = max(2, int(round(length * rng.uniform(0.75, 1.25))))
+    world = _new_world(rng)
+    task = _make_task(world, rng)
+    return T, world, task, ScriptedPolicy(world, task, T, rng)
+
+
 def _rollout(seed: int, split: str, index: int, length: int) -> tuple[Task, Iterator[tuple[World, np.ndarray]]]:
     """The episode's task and its steps: (world before the step, action taken), a pure function
     of the arguments (own RNG stream). Rendering draws no random numbers, so every view of an
     episode (robot cameras, human video) shows the same motion."""
-    rng = np.random.default_rng([seed, {"train": 0, "val": 1}.get(split, 2), index])
-    T = max(2, int(round(length * rng.uniform(0.75, 1.25))))
-    world = _new_world(rng)
-    task = _make_task(world, rng)
-    policy = ScriptedPolicy(world, task, T, rng)
+    T, world, task, policy = start_episode(episode_rng(seed, split, index), length)
 
     def steps() -> Iterator[tuple[World, np.ndarray]]:
         for _ in range(T):
@@ -487,13 +519,19 @@ def generate_human_episode(seed: int, split: str, index: int, length: int, image
     return np.stack([render_human(world, image_size) for world, _ in steps]), task.instruction
 
 
+PRIMARY_ENCODING = "png"
+"""How the dataset stores the top camera (lossless)."""
+WRIST_ENCODING = "jpeg"
+"""How the dataset stores the wrist camera (lossy, as many OXE datasets do)."""
+
+
 def episode_features(ep: SyntheticEpisode, split: str, index: int) -> dict[str, object]:
     """Flat RLDS Example features of one episode."""
     T = len(ep.actions)
     last = np.arange(T) == T - 1
     return {
-        "steps/observation/image": [encode_image(im, "png") for im in ep.images],
-        "steps/observation/wrist_image": [encode_image(im, "jpeg") for im in ep.wrist_images],
+        "steps/observation/image": [encode_image(im, PRIMARY_ENCODING) for im in ep.images],
+        "steps/observation/wrist_image": [encode_image(im, WRIST_ENCODING) for im in ep.wrist_images],
         "steps/observation/state": ep.states,
         "steps/action": ep.actions,
         "steps/discount": np.ones(T, np.float32),

@@ -1,0 +1,204 @@
+"""Closed-loop evaluation of an exported policy in the synthetic world.
+
+    python -m launcher.rollout --policy EXPORT_DIR [--episodes 20] [--execute-steps 1] [--seed 0]
+
+Loads the policy with ``model.policy_io.load_policy`` (no DeepSpeed), runs ``--episodes`` episodes
+of ``data_service.sim_env.SyntheticWorldEnv`` (scenes ``seed .. seed + episodes - 1`` of the
+held-out ``eval`` stream by default) and prints one JSON object: success rate, mean steps,
+per-task and per-instruction success, and every episode's outcome (``data_service.sim_env.rollout``).
+
+Each step, the observation becomes a one-sample batch in the ``data_service.schema`` layout exactly
+as the training pipeline builds one (:func:`observation_batch`): frames go through the dataset's
+codec (the wrist camera is stored as JPEG) and are decoded at ``data.image_size``; the raw proprio is
+normalized with the policy's statistics and padded; ``embodiment_id`` comes from the registry entry
+and ``dataset_id`` is the dataset's index in the training mixture. The normalized chunk
+``predict_action`` returns is unnormalized to raw actions (``unnormalize_action``) and the first
+``--execute-steps`` of it are executed before the policy is asked again (LARA executes 1).
+
+The scene generator follows the training config (``data.synthetic``: image size, episode length,
+seed), so ``--split train`` replays the dataset's own scenes. Exit code 0 on success, 2 on a bad
+policy or argument.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+log = logging.getLogger("rollout")
+
+
+def _as_trained(image: np.ndarray, encoding: str | None, size: int) -> np.ndarray:
+    """uint8 [3,h,w] frame -> uint8 [3,size,size] as the data pipeline delivers it: encoded the way
+    the dataset stores that camera (``png``/``jpeg``; None: no codec) and decoded + resized by
+    ``data_service.decode.decode_image``."""
+    from data_service.decode import decode_image
+    from data_service.rlds_writer import encode_image
+
+    hwc = np.ascontiguousarray(np.asarray(image, np.uint8).transpose(1, 2, 0))
+    if encoding is None:
+        encoding = "png"  # lossless: only the resize applies
+    return decode_image(encode_image(hwc, encoding), size)
+
+
+def dataset_ids(policy: Any, dataset_name: str) -> tuple[int, int]:
+    """``(dataset_id, embodiment_id)`` the training pipeline gave samples of ``dataset_name``:
+    its index in ``data.datasets`` and its registry entry's embodiment."""
+    names = [entry.name for entry in policy.data_cfg.datasets]
+    if dataset_name not in names:
+        raise KeyError(f"the policy was not trained on {dataset_name!r} (its mixture: {', '.join(names)})")
+    facts = policy.meta.get("normalization", {}).get("datasets", {}).get(dataset_name)
+    if facts is not None and "embodiment_id" in facts:
+        embodiment = int(facts["embodiment_id"])
+    else:
+        from data_service.registry import get_spec
+
+        embodiment = int(get_spec(dataset_name).embodiment_id)
+    return names.index(dataset_name), embodiment
+
+
+def observation_batch(obs: dict[str, Any], policy: Any, dataset_name: str, *,
+                      image_encodings: dict[str, str] | None = None) -> dict[str, Any]:
+    """One env observation -> a batch of one sample in the ``data_service.schema`` layout (torch
+    tensors, ``language`` a list), as ``data_service.windowing.make_sample`` + the reader build a
+    training sample at the first step of an episode window (``has_action`` True, every chunk step
+    valid, zero action targets: the policy predicts them). ``image_future`` repeats the current
+    frame (the future is unknown; inference does not read it)."""
+    import torch
+
+    cfg = policy.data_cfg
+    size, N, A = cfg.image_size, cfg.action_horizon, cfg.max_action_dim
+    enc = dict(image_encodings or {})
+    primary = _as_trained(obs["image_primary"], enc.get("image_primary"), size)
+    if obs.get("image_wrist") is not None:
+        wrist, has_wrist = _as_trained(obs["image_wrist"], enc.get("image_wrist"), size), True
+    else:
+        wrist, has_wrist = np.zeros((3, size, size), np.uint8), False
+    raw_proprio = np.asarray(obs["proprio"], np.float32)
+    proprio = policy.normalize_proprio(raw_proprio, dataset_name)
+    proprio_mask = np.arange(cfg.max_proprio_dim) < raw_proprio.shape[-1]
+    action_mask = np.arange(A) < policy.action_dim(dataset_name)
+    dataset_id, embodiment_id = dataset_ids(policy, dataset_name)
+    sample = {
+        "sample_id": np.int64(0),
+        "image_primary": primary,
+        "image_future": primary.copy(),
+        "image_wrist": wrist,
+        "has_wrist": np.bool_(has_wrist),
+        "proprio": proprio,
+        "proprio_dim_mask": proprio_mask,
+        "action": np.zeros((N, A), np.float32),
+        "action_valid": np.ones(N, bool),
+        "action_dim_mask": action_mask,
+        "has_action": np.bool_(True),
+        "embodiment_id": np.int64(embodiment_id),
+        "dataset_id": np.int64(dataset_id),
+    }
+    batch: dict[str, Any] = {k: torch.from_numpy(np.ascontiguousarray(np.asarray(v)[None])) for k, v in sample.items()}
+    batch["language"] = [str(obs.get("language", ""))]
+    return batch
+
+
+class PolicyRunner:
+    """A loaded policy as a ``rollout`` policy: obs -> raw action chunk float32 [N, D].
+
+    ``reset(seed)`` (called by ``rollout`` at each episode start) reseeds the sampling noise
+    (flow matching), so each episode is reproducible on its own."""
+
+    def __init__(self, policy: Any, dataset_name: str, *, image_encodings: dict[str, str] | None = None,
+                 num_steps: int | None = None, seed: int = 0) -> None:
+        import torch
+
+        self.policy, self.dataset_name = policy, dataset_name
+        self.image_encodings = dict(image_encodings or {})
+        self.num_steps = num_steps
+        self.generator = torch.Generator(device=policy.device)
+        self.generator.manual_seed(seed)
+        self.calls, self.seconds = 0, 0.0
+        dataset_ids(policy, dataset_name)  # fail now, not mid-rollout
+        policy.normalizer(dataset_name)
+
+    def reset(self, seed: int) -> None:
+        self.generator.manual_seed(int(seed))
+
+    def __call__(self, obs: dict[str, Any]) -> np.ndarray:
+        t0 = time.perf_counter()
+        batch = observation_batch(obs, self.policy, self.dataset_name, image_encodings=self.image_encodings)
+        kwargs: dict[str, Any] = {"generator": self.generator}
+        if self.num_steps is not None:
+            kwargs["num_steps"] = self.num_steps
+        normalized = self.policy.predict_action(batch, **kwargs)
+        raw = self.policy.unnormalize_action(normalized[0].float().cpu().numpy(), self.dataset_name)
+        self.calls += 1
+        self.seconds += time.perf_counter() - t0
+        return np.asarray(raw, np.float32)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m launcher.rollout",
+                                description="Closed-loop evaluation of an exported policy in the synthetic world.")
+    p.add_argument("--policy", required=True, help="export directory (python -m launcher.export_policy)")
+    p.add_argument("--episodes", type=int, default=20, help="episodes (scenes seed .. seed+episodes-1)")
+    p.add_argument("--execute-steps", type=int, default=1,
+                   help="actions of each predicted chunk executed before re-planning (LARA: 1)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="first scene; episode e also seeds the policy's sampling noise with seed + e")
+    p.add_argument("--split", default="eval", choices=["eval", "train", "val"],
+                   help="scene stream: eval (held out, default), train or val (the dataset's own scenes)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="episode limit (default: 2 x the dataset's episode length)")
+    p.add_argument("--num-steps", type=int, default=None, help="flow-matching integration steps (default: the model's)")
+    p.add_argument("--device", default="cpu", help="torch device for the policy")
+    p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the weights' sha256 check")
+    p.add_argument("--out", default=None, help="also write the JSON result to this file")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if a.episodes < 1 or a.execute_steps < 1 or (a.max_steps is not None and a.max_steps < 1):
+        print("error: --episodes, --execute-steps and --max-steps must be >= 1", file=sys.stderr)
+        return 2
+
+    from data_service.sim_env import SyntheticWorldEnv, rollout
+    from model.policy_io import PolicyLoadError, load_policy
+
+    t0 = time.perf_counter()
+    try:
+        policy = load_policy(a.policy, device=a.device, verify=a.verify)
+    except (PolicyLoadError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    syn = policy.data_cfg.synthetic
+    env = SyntheticWorldEnv(image_size=syn.image_size, max_steps=a.max_steps, episode_length=syn.episode_length,
+                            split=a.split, world_seed=syn.seed)
+    try:
+        runner = PolicyRunner(policy, env.dataset_name, image_encodings=dict(env.image_encodings),
+                              num_steps=a.num_steps, seed=a.seed)
+    except KeyError as e:
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+    log.info("rolling out %s (%s) for %d episodes", a.policy, policy.meta.get("recipe", "?"), a.episodes)
+    result = rollout(runner, env, a.episodes, a.seed, execute_steps=a.execute_steps)
+    result = {"policy": str(policy.export_dir), "recipe": policy.meta.get("recipe"), "step": policy.meta.get("step"),
+              "dataset": env.dataset_name, "split": a.split, **result,
+              "policy_seconds_per_call": runner.seconds / max(1, runner.calls),
+              "wall_seconds": time.perf_counter() - t0}
+    text = json.dumps(result, indent=2)
+    if a.out:
+        with open(a.out, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
