@@ -413,6 +413,11 @@ def evaluate(model: nn.Module, batches: Iterable[Mapping[str, Any]], *, normaliz
             raw_target = raw_actions(target, b["dataset_id"], normalizers) if normalizers is not None else None
             if act:
                 pred = model.predict_action(b, **kwargs).float()
+                # A recipe may predict fewer steps than the data's chunk (LAPA stage 3: one step):
+                # score the steps it predicts, never a broadcast of its first step over the chunk.
+                n = pred.shape[1]
+                target, mask = target[:, :n], mask[:, :n]
+                raw_target = raw_target[:, :n] if raw_target is not None else None
                 s.add_errors("action", masked_action_errors(pred, target, mask))
                 s.add_errors("action_step0", masked_action_errors(pred[:, :1], target[:, :1], mask[:, :1]))
                 if raw_target is not None:

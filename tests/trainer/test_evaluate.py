@@ -311,3 +311,22 @@ def test_a_missing_eval_split_fails_before_training(evaluated_run: Path) -> None
     cfg = load_config(["--config", str(evaluated_run / "config.yaml"), "--eval.every_steps=5", "--eval.split=nosuch"])
     with pytest.raises(RuntimeError, match=r"eval.split='nosuch'.*unknown split 'nosuch'"):
         PeriodicEvaluator(cfg, evaluated_run, torch.device("cpu"))
+
+
+def test_a_shorter_prediction_is_scored_on_its_own_steps() -> None:
+    """LAPA stage 3 predicts one step of an N-step chunk: only that step is compared."""
+    import torch
+
+    from trainer.evaluate import evaluate
+
+    class OneStep(torch.nn.Module):
+        def forward(self, batch):  # noqa: ANN001, ANN202
+            return torch.zeros(()), {}
+
+        def predict_action(self, batch):  # noqa: ANN001, ANN202
+            return batch["action"][:, :1].clone()  # exact on step 0
+
+    batch = random_batch(4)
+    batch["action_valid"][:] = True
+    metrics = evaluate(OneStep(), [batch])
+    assert metrics["action/l1"] == 0.0 and metrics["action/mse"] == 0.0
