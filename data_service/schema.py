@@ -70,3 +70,10 @@ OPTIONAL_TENSOR_KEYS = LATENT_KEYS
 def tensor_keys(sample: Mapping[str, Any]) -> tuple[str, ...]:
     """The tensor keys of a sample or batch: ``TENSOR_KEYS`` plus the optional ones it holds."""
     return TENSOR_KEYS + tuple(k for k in OPTIONAL_TENSOR_KEYS if k in sample)
+
+
+def supervision_mask(batch: Mapping[str, Any]) -> Any:
+    """[B,N,A] bool tensor of the action entries a loss may use: real action dim AND step inside the
+    episode AND sample has actions (human video has none)."""
+    return (batch["action_dim_mask"].bool()[:, None, :] & batch["action_valid"].bool()[:, :, None]
+            & batch["has_action"].bool()[:, None, None])

@@ -35,8 +35,7 @@ learns to predict.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
@@ -44,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from model.action_tokenizer_config import ActionTokenizerConfig
-from model.layers import TransformerBlock
+from model.layers import TransformerBlock, eval_no_grad
 from model.quantizer import Quantizer, build_quantizer
 
 
@@ -130,18 +129,6 @@ class TokenizerOutput(NamedTuple):
     """The quantizer's detached metrics (perplexity, active_codes, quant_error, ...)."""
 
 
-@contextmanager
-def _frozen_stats(module: nn.Module) -> Iterator[None]:
-    """Eval mode (quantizers neither count usage nor move EMA codes) and no grad, restored after."""
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        module.train(was_training)
-
-
 class ActionTokenizer(nn.Module):
     """forward(action, mask) -> TokenizerOutput; tokenize(action, mask) -> ids [B,N] int64."""
 
@@ -190,14 +177,14 @@ class ActionTokenizer(nn.Module):
     def tokenize(self, action: Tensor, mask: Tensor) -> Tensor:
         """Code ids [B,N] int64 (no masking, codebook statistics untouched). Collective under ZeRO-3."""
         self._check(action, mask)
-        with _frozen_stats(self):
+        with eval_no_grad(self):
             x = torch.where(mask.bool(), action, torch.zeros((), dtype=action.dtype, device=action.device))
             return self.quantizer(self.encoder(x)).ids.long()
 
     def reconstruct(self, action: Tensor, mask: Tensor) -> Tensor:
         """decode(quantize(encode(action))) [B,N,A] without masking or statistics updates."""
         self._check(action, mask)
-        with _frozen_stats(self):
+        with eval_no_grad(self):
             x = torch.where(mask.bool(), action, torch.zeros((), dtype=action.dtype, device=action.device))
             return self.decoder(self.quantizer(self.encoder(x)).quantized)
 
@@ -205,7 +192,7 @@ class ActionTokenizer(nn.Module):
         """Actions [B,N,A] of code ids [B,N]. Reads the codebook directly: fine for the EMA codebook
         (a buffer); a gradient-trained codebook (``st``/``nsvq``) is a partitioned parameter under ZeRO-3,
         so call this only on an unpartitioned model (e.g. a loaded export)."""
-        with _frozen_stats(self):
+        with eval_no_grad(self):
             codes = F.embedding(ids.long(), self.quantizer.codes())
             if self.quantizer.proj_out is not None:
                 codes = self.quantizer.proj_out(codes)

@@ -41,16 +41,19 @@ def load_exported_weights(module: nn.Module, export_dir: str | Path, src_prefix:
     Every parameter and buffer of ``module`` must be found, with the same shape: a partial load
     would silently train from a half-random model. Returns the number of tensors loaded.
     """
-    from safetensors.torch import load_file
+    from model.policy_io import WEIGHTS_FILE, read_weights, verify_weights
 
-    path = Path(export_dir) / "model.safetensors"
+    path = Path(export_dir) / WEIGHTS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{what}: no exported policy at {export_dir} (expected {path}; "
                                 "create one with python -m launcher.export_policy)")
-    tensors = {k[len(src_prefix):]: v for k, v in load_file(str(path)).items() if k.startswith(src_prefix)}
+    verify_weights(export_dir)
+    # read_weights restores tied aliases (stored once) and JSON extra state, as load_policy does.
+    tensors = {k[len(src_prefix):]: v for k, v in read_weights(export_dir).items() if k.startswith(src_prefix)}
     own = module.state_dict()
     missing = sorted(set(own) - set(tensors))
-    wrong = sorted(k for k in own if k in tensors and tensors[k].shape != own[k].shape)
+    wrong = sorted(k for k in own if k in tensors and isinstance(own[k], torch.Tensor)
+                   and tensors[k].shape != own[k].shape)
     if missing or wrong:
         detail = (f"missing {missing[:5]}{'...' if len(missing) > 5 else ''} " if missing else "") + \
                  (f"shape mismatch {[(k, tuple(tensors[k].shape), tuple(own[k].shape)) for k in wrong[:5]]}" if wrong else "")

@@ -8,6 +8,8 @@ that module's forward runs).
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -15,6 +17,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from model.attention import attention
+
+
+@contextmanager
+def eval_no_grad(module: nn.Module) -> Iterator[None]:
+    """Eval mode (quantizers neither count usage nor move EMA codebooks) and no grad, restored after."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        module.train(was_training)
 
 
 def normalize_image(images: Tensor) -> Tensor:

@@ -63,6 +63,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from data_service.schema import supervision_mask
+
 log = logging.getLogger(__name__)
 
 __all__ = ["PSNR_CAP_DB", "ActionErrors", "PeriodicEvaluator", "codebook_usage", "evaluate", "find_lam",
@@ -78,12 +80,6 @@ HISTORY_PNG = "eval_history.png"
 # --------------------------------------------------------------------------------------------------
 # Pure functions: tensors in, numbers out.
 # --------------------------------------------------------------------------------------------------
-
-
-def supervision_mask(batch: Mapping[str, Any]) -> Tensor:
-    """[B,N,A] bool: real action dim AND step inside the episode AND sample has actions."""
-    return (batch["action_dim_mask"].bool()[:, None, :] & batch["action_valid"].bool()[:, :, None]
-            & batch["has_action"].bool()[:, None, None])
 
 
 class ActionErrors(NamedTuple):

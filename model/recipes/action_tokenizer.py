@@ -16,15 +16,14 @@ import torch.nn as nn
 from torch import Tensor
 
 from data_service.config import DataConfig
+from data_service.schema import supervision_mask
 from model.action_tokenizer import ActionTokenizer
 from model.action_tokenizer_config import ActionTokenizerConfig
 from model.factory import register_builder, require_equal
 
 
-def action_mask(batch: dict[str, Any]) -> Tensor:
-    """[B,N,A] bool: real action dim AND step inside the episode AND sample has actions."""
-    return (batch["action_dim_mask"].bool()[:, None, :] & batch["action_valid"].bool()[:, :, None]
-            & batch["has_action"].bool()[:, None, None])
+action_mask = supervision_mask
+"""[B,N,A] bool: the action entries the tokenizer is trained on (the schema's supervision mask)."""
 
 
 class ActionTokenizerPolicy(nn.Module):

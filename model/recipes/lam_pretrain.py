@@ -8,11 +8,9 @@ features). Besides ``forward`` it offers inference helpers that never touch code
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any, Iterator, Union
+from typing import Any, Union
 
 import numpy as np
-import torch
 import torch.nn as nn
 from torch import Tensor
 
@@ -21,6 +19,7 @@ from model.config import LamConfig, LamPretrainConfig
 from model.factory import register_builder, require_equal
 from model.lam import LatentActionModel, LatentActions
 from model.lam_config import LapaLamConfig, LapaLamPretrainConfig, UnivlaLamConfig, UnivlaLamPretrainConfig
+from model.layers import eval_no_grad
 from model.media import image_grid, to_uint8_image, usage_histogram_image
 from model.quantizer import Quantizer
 
@@ -43,18 +42,6 @@ def build_lam(cfg: AnyLamConfig) -> nn.Module:
     raise TypeError(f"not a LAM config: {type(cfg).__name__}")
 
 
-@contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    """Eval mode (quantizers neither count usage nor move EMA codebooks) and no grad, restored after."""
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        module.train(was_training)
-
-
 class LamPretrainPolicy(nn.Module):
     """forward(batch) -> (loss, metrics); annotate / predict_latents for labelling; media for logging."""
 
@@ -69,7 +56,7 @@ class LamPretrainPolicy(nn.Module):
 
     def annotate(self, x_t: Tensor, x_tH: Tensor) -> LatentActions:
         """Latent actions of uint8 frame pairs in eval mode (no statistics updated). Collective under ZeRO-3."""
-        with _eval_mode(self):
+        with eval_no_grad(self):
             return self.lam.encode(x_t, x_tH)
 
     def predict_latents(self, batch: dict[str, Any]) -> Tensor:
@@ -88,7 +75,7 @@ class LamPretrainPolicy(nn.Module):
         Runs the model, so under ZeRO-3 every rank must call it (parameters are gathered collectively).
         """
         x_t, x_tH = batch["image_primary"][:max_items], batch["image_future"][:max_items]
-        with _eval_mode(self):
+        with eval_no_grad(self):
             lat = self.lam.encode(x_t, x_tH)
             pred = self.lam.preview(x_t, lat.quantized)
         rows = [[to_uint8_image(x_t[i]), to_uint8_image(x_tH[i]), to_uint8_image(pred[i])] for i in range(x_t.shape[0])]

@@ -23,10 +23,11 @@ import torch.nn as nn
 from torch import Tensor
 
 from data_service.config import DataConfig
+from data_service.schema import supervision_mask
 from model.action_bins import QuantileActionBins
 from model.factory import register_builder, require_equal
 from model.latent_targets import LatentSource, load_exported_weights
-from model.recipes.pixels_to_tokens import supervision_mask, token_ce
+from model.recipes.pixels_to_tokens import token_ce
 from model.vl_backbone import VLBackbone, build_backbone, gather_positions
 from model.vla_config import LapaActionConfig, LapaConfig, LapaLatentConfig
 

@@ -18,16 +18,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from data_service.config import DataConfig
+from data_service.schema import supervision_mask
 from model.config import LaraConfig
 from model.factory import register_builder, require_equal
 from model.flow_head import FlowMatchingHead
 from model.lam import LatentActionModel
 from model.vl_backbone import VLBackbone, build_backbone
-
-
-def supervision_mask(batch: dict[str, Any]) -> Tensor:
-    """[B,N,A] bool: real action dim AND step inside the episode AND sample has actions."""
-    return batch["action_dim_mask"].bool()[:, None, :] & batch["action_valid"].bool()[:, :, None] & batch["has_action"].bool()[:, None, None]
 
 
 class LaraPolicy(nn.Module):

@@ -27,16 +27,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from data_service.config import DataConfig
+from data_service.schema import supervision_mask
 from model.factory import register_builder, require_equal
 from model.l1_head import L1RegressionHead, masked_l1
 from model.latent_targets import LatentSource, LatentTargets, load_exported_weights
 from model.vl_backbone import VLBackbone, VLMOutput, build_backbone, gather_positions
 from model.vla_config import BaselineConfig, FptConfig, LaAlignConfig, LaCondConfig, LaDirectConfig, LaTokConfig
-
-
-def supervision_mask(batch: dict[str, Any]) -> Tensor:
-    """[B,N,A] bool: real action dim AND step inside the episode AND sample has actions."""
-    return batch["action_dim_mask"].bool()[:, None, :] & batch["action_valid"].bool()[:, :, None] & batch["has_action"].bool()[:, None, None]
 
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
