@@ -11,7 +11,7 @@ ARGS ?=
 # Ranks for the quickstart (DeepSpeed picks its CPU accelerator and gloo without a GPU).
 NUM_GPUS ?= 1
 
-.PHONY: quickstart test install install-test clean-runs
+.PHONY: quickstart test install install-test clean-runs gpu-wheels
 
 $(VENV)/.stamp-%: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,3 +33,17 @@ test: install-test
 
 clean-runs:
 	rm -rf runs/quickstart
+
+# Wheels for a GPU image that has CUDA torch, transformers and peft but not this project's other
+# pure-Python dependencies (Python 3.12, x86-64); bench/gpu_suite.sh installs them from .whl/.
+# flash-attn-4 is left out: its CUDA 13 libraries (92 MB) exceed what a device call can carry.
+GPU_PY ?= 3.12
+GPU_WHEELS := draccus==0.11.6 mergedeep pyyaml-include toml hjson pydantic pydantic-core annotated-types \
+	typing-inspection google-crc32c
+gpu-wheels:
+	mkdir -p .whl
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PY) --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		--platform any -d .whl $(GPU_WHEELS)
+	# deepspeed is published as an sdist only; with DS_BUILD_OPS=0 it installs without compiling.
+	$(PYTHON) -m pip download -q --no-deps --no-binary=:all: -d .whl deepspeed==0.19.8

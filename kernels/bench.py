@@ -22,8 +22,6 @@ import datetime as _dt
 import json
 import re
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -31,17 +29,10 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from kernels import codebook as cbk
+from trainer.provenance import provenance
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def _git(*args: str) -> Optional[str]:
-    try:
-        out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
-    except Exception:
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def _triton_version() -> Optional[str]:
@@ -227,10 +218,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
         "triton": _triton_version(),
         "cuda": torch.version.cuda,
         "triton_interpreted": cbk.KERNEL_INTERPRETED,
-        "date": now.isoformat(timespec="seconds"),
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain")),
-        "command": " ".join([Path(sys.executable).name, "-m", "kernels.bench", *(argv or sys.argv[1:])]),
+        **provenance("kernels.bench", argv),
         "n_requested": args.n,
         "n": n,
         "d": args.d,

@@ -20,9 +20,9 @@ class L1HeadConfig:
     dim: int = 64
     """Width of the head's action-slot tokens [2048, the VLM hidden size]."""
     heads: int = 4
-    """Attention heads of every head attention [16]."""
+    """Attention heads of every head attention [8]."""
     mlp_ratio: float = 4.0
-    """MLP hidden width / dim in each block."""
+    """MLP hidden width / dim in each block [1.0: VLA-Adapter's feed-forward is one dim x dim Linear]."""
     action_horizon: int = 8
     """N, action steps regressed per sample; must equal data.action_horizon [LIBERO: 8]."""
     action_dim: int = 7

@@ -1,10 +1,12 @@
-"""Tiny random Qwen3-VL checkpoints written to disk, for offline tests of ``model.hf_vlm``.
+"""Random Qwen3-VL (and LLaVA) directories written to disk, for offline tests and benchmarks of ``model.hf_vlm``.
 
 ``write_tiny_qwen3_vl(path)`` saves what a real Qwen3-VL directory holds (config.json, safetensors
 weights, a Qwen2 byte-level BPE tokenizer with Qwen's special tokens, the image and video processor
 configs and a chat template), but with a vocabulary of a few hundred tokens, a 64-wide text model
 and a 1-block vision tower, so ``from_pretrained(path)`` runs the real loading code in a second.
 Nothing is downloaded: the tokenizer is trained here on a few sentences with ``tokenizers``.
+``write_qwen3_vl_2b_architecture(path)`` writes the same files at Qwen3-VL-2B's real sizes but without
+weights, for the full-size throughput benchmark (``trainer.bench_mfu --recipe baseline --full-size``).
 """
 
 from __future__ import annotations
@@ -89,70 +91,71 @@ def _build_tokenizer():
     return tok
 
 
-def write_tiny_qwen3_vl(path: str | Path, *, num_layers: int = 3, tie_word_embeddings: bool = False, seed: int = 0) -> Path:
-    """Write a tiny random ``Qwen3VLForConditionalGeneration`` checkpoint to ``path``; returns it.
+QWEN3_VL_2B_TEXT = dict(
+    vocab_size=151936,
+    hidden_size=2048,
+    intermediate_size=6144,
+    num_hidden_layers=28,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    head_dim=128,
+    max_position_embeddings=262144,
+    rope_parameters={"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [24, 20, 20], "mrope_interleaved": True},
+    tie_word_embeddings=True,
+)
+"""Text model of Qwen3-VL-2B-Instruct (its published config.json): Qwen3-1.7B-sized, 28 x 2048, GQA 16/8."""
+QWEN3_VL_2B_VISION = dict(
+    depth=24,
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_heads=16,
+    patch_size=16,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    out_hidden_size=2048,
+    num_position_embeddings=2304,
+    deepstack_visual_indexes=[5, 11, 17],
+)
+"""Vision tower of Qwen3-VL-2B-Instruct: 24 blocks of 1024, patch 16, 2x2 merge, DeepStack after 5/11/17."""
 
-    Text model: ``num_layers`` layers of width 64 (4 heads, 2 KV heads, head_dim 16, M-RoPE);
-    vision tower: 1 block of width 32, patch 4, merge 2, deepstack after block 0. Calling again
-    with the same arguments in the same process returns the directory already written.
-    """
+
+def _write_qwen3_vl(path: Path, text: dict, vision: dict, *, min_pixels: int, max_pixels: int,
+                    weights: bool, seed: int) -> None:
+    """Config, tokenizer, processors and chat template of a Qwen3-VL directory; weights if asked."""
     import torch
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    path = Path(path)
-    key = f"{path.resolve()}|{num_layers}|{tie_word_embeddings}|{seed}"
-    if key in _WRITTEN and (path / "config.json").exists():
-        return _WRITTEN[key]
     path.mkdir(parents=True, exist_ok=True)
-
     tok = _build_tokenizer()
     ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
+    text = {"vocab_size": len(tok), **text, "pad_token_id": tok.pad_token_id}
     config = Qwen3VLConfig(
-        text_config=dict(
-            vocab_size=len(tok),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=num_layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
-            max_position_embeddings=1024,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2], "mrope_interleaved": True},
-            pad_token_id=tok.pad_token_id,
-            tie_word_embeddings=tie_word_embeddings,
-        ),
-        vision_config=dict(
-            depth=1,
-            hidden_size=32,
-            intermediate_size=64,
-            num_heads=2,
-            patch_size=PATCH_SIZE,
-            spatial_merge_size=MERGE_SIZE,
-            temporal_patch_size=TEMPORAL_PATCH_SIZE,
-            out_hidden_size=64,
-            num_position_embeddings=64,
-            deepstack_visual_indexes=[0],
-        ),
+        text_config=text,
+        vision_config=dict(vision),
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=tie_word_embeddings,
+        tie_word_embeddings=text["tie_word_embeddings"],
     )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = Qwen3VLForConditionalGeneration(config)
-    model.save_pretrained(path)
+    if weights:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = Qwen3VLForConditionalGeneration(config)
+        model.save_pretrained(path)
+    else:
+        config.save_pretrained(path)
     tok.save_pretrained(path)
     (path / "chat_template.jinja").write_text(CHAT_TEMPLATE)
 
+    patch, merge, temporal = vision["patch_size"], vision["spatial_merge_size"], vision["temporal_patch_size"]
     # The image processor (PIL backend here; transformers picks the torchvision one where installed).
     image_processor = Qwen2VLImageProcessorPil(
-        patch_size=PATCH_SIZE,
-        merge_size=MERGE_SIZE,
-        temporal_patch_size=TEMPORAL_PATCH_SIZE,
-        size={"shortest_edge": 8 * 8, "longest_edge": 256 * 256},
+        patch_size=patch,
+        merge_size=merge,
+        temporal_patch_size=temporal,
+        size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5],
     )
@@ -166,16 +169,83 @@ def write_tiny_qwen3_vl(path: str | Path, *, num_layers: int = 3, tie_word_embed
     video = {
         "video_processor_type": "Qwen3VLVideoProcessor",
         "processor_class": "Qwen3VLProcessor",
-        "patch_size": PATCH_SIZE,
-        "merge_size": MERGE_SIZE,
-        "temporal_patch_size": TEMPORAL_PATCH_SIZE,
-        "size": {"shortest_edge": 8 * 8, "longest_edge": 256 * 256 * 8},
+        "patch_size": patch,
+        "merge_size": merge,
+        "temporal_patch_size": temporal,
+        "size": {"shortest_edge": min_pixels, "longest_edge": max_pixels * 8},
         "image_mean": [0.5, 0.5, 0.5],
         "image_std": [0.5, 0.5, 0.5],
         "do_sample_frames": False,
     }
     (path / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2, sort_keys=True))
+
+
+def write_tiny_qwen3_vl(path: str | Path, *, num_layers: int = 3, tie_word_embeddings: bool = False, seed: int = 0) -> Path:
+    """Write a tiny random ``Qwen3VLForConditionalGeneration`` checkpoint to ``path``; returns it.
+
+    Text model: ``num_layers`` layers of width 64 (4 heads, 2 KV heads, head_dim 16, M-RoPE);
+    vision tower: 1 block of width 32, patch 4, merge 2, deepstack after block 0. Calling again
+    with the same arguments in the same process returns the directory already written.
+    """
+    path = Path(path)
+    key = f"{path.resolve()}|{num_layers}|{tie_word_embeddings}|{seed}"
+    if key in _WRITTEN and (path / "config.json").exists():
+        return _WRITTEN[key]
+    text = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=1024,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2], "mrope_interleaved": True},
+        tie_word_embeddings=tie_word_embeddings,
+    )
+    vision = dict(
+        depth=1,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        patch_size=PATCH_SIZE,
+        spatial_merge_size=MERGE_SIZE,
+        temporal_patch_size=TEMPORAL_PATCH_SIZE,
+        out_hidden_size=64,
+        num_position_embeddings=64,
+        deepstack_visual_indexes=[0],
+    )
+    _write_qwen3_vl(path, text, vision, min_pixels=8 * 8, max_pixels=256 * 256, weights=True, seed=seed)
     _WRITTEN[key] = path
+    return path
+
+
+def write_qwen3_vl_2b_architecture(path: str | Path) -> Path:
+    """Write a Qwen3-VL-2B-Instruct directory *without weights* to ``path``; returns it.
+
+    config.json has the real model's sizes (``QWEN3_VL_2B_TEXT`` / ``QWEN3_VL_2B_VISION``, 151,936-row
+    vocabulary), so ``HFBackboneConfig(load_weights=False)`` builds the full 2B architecture with random
+    weights for throughput and memory benchmarks, offline. The tokenizer is this module's small BPE
+    with Qwen's special tokens (prompts tokenize into a few more text tokens than Qwen's own BPE), and
+    the processor keeps a 224^2 frame at 224^2: 14 x 14 patches, 49 merged tokens, as Pixels-to-Tokens
+    observed (../shared/anchors/models.md section 1).
+    """
+    path = Path(path)
+    if (path / "config.json").exists() and (path / "preprocessor_config.json").exists():
+        return path
+    import os
+    import shutil
+
+    # Written aside and renamed: complete or absent, also when several ranks write it at once.
+    tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    _write_qwen3_vl(tmp, QWEN3_VL_2B_TEXT, QWEN3_VL_2B_VISION, min_pixels=32 * 32, max_pixels=1024 * 1024,
+                    weights=False, seed=0)
+    try:
+        tmp.rename(path)
+    except OSError:  # another rank got there first
+        if not (path / "config.json").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

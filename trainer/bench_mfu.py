@@ -54,8 +54,35 @@ FULL_SIZE: dict[str, list[str]] = {
     ],
 }
 """Per recipe: overrides that turn the default (tiny) recipe into its full-size architecture.
-Recipes without an entry (e.g. the Pixels-to-Tokens baseline until it is registered) need
-explicit ``--model.*`` overrides."""
+``{qwen3_vl_2b}`` stands for a Qwen3-VL-2B-Instruct directory without weights, written on first use
+(``model.hf_testing.write_qwen3_vl_2b_architecture``): the real model's config.json, so the backbone is
+the 2.13B-parameter architecture itself with random weights. Recipes without an entry need explicit
+``--model.*`` overrides."""
+
+FULL_SIZE["baseline"] = [
+    # Pixels-to-Tokens: Qwen3-VL-2B + LoRA r=64 alpha=16 on all linear layers, primary + wrist at
+    # 224^2 (49 merged tokens each), 40 action queries (8 steps x 5) into the 11-block L1 head of
+    # width 2048 with 8 heads and a dim x dim feed-forward, as VLA-Adapter's head.
+    "--data.image_size=224", "--data.action_horizon=8", "--data.max_action_dim=7", "--data.max_proprio_dim=8",
+    "--model.backbone.kind=hf", "--model.backbone.hf.pretrained_path={qwen3_vl_2b}",
+    "--model.backbone.hf.load_weights=false", "--model.backbone.hf.tuning=lora", "--model.backbone.hf.image_size=224",
+    "--model.head.num_blocks=11", "--model.head.dim=2048", "--model.head.heads=8", "--model.head.mlp_ratio=1.0",
+    "--model.head.action_horizon=8", "--model.head.action_dim=7", "--model.head.proprio_dim=8",
+]
+
+ARCHITECTURE_DIR = Path(__file__).resolve().parents[1] / ".cache" / "models"
+"""Where weight-less full-size architectures (``{qwen3_vl_2b}``) are written."""
+
+
+def full_size_overrides(recipe: str, arch_dir: Path = ARCHITECTURE_DIR) -> list[str]:
+    """The recipe's full-size preset with its placeholders resolved (writing what they name)."""
+    preset = FULL_SIZE.get(recipe, [])
+    if any("{qwen3_vl_2b}" in a for a in preset):
+        from model.hf_testing import write_qwen3_vl_2b_architecture
+
+        path = write_qwen3_vl_2b_architecture(arch_dir / "qwen3_vl_2b_instruct_architecture")
+        preset = [a.replace("{qwen3_vl_2b}", str(path)) for a in preset]
+    return preset
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
 
@@ -105,11 +132,12 @@ def bench(argv: list[str]) -> dict[str, Any]:
     from trainer.config_io import load_config
     from trainer.engine import build_engine
     from trainer.flops import count_flops, device_peak_flops
+    from trainer.provenance import provenance
     from trainer.timing import peak_memory_gib
 
     dist_utils.init_distributed()
     world = dist_utils.world_size()
-    preset = FULL_SIZE.get(args.recipe, []) if args.full_size else []
+    preset = full_size_overrides(args.recipe) if args.full_size else []
     if args.full_size and not preset:
         raise SystemExit(f"no full-size preset for recipe {args.recipe!r}; pass --model.* overrides instead")
     cfg = load_config(["--config", args.config, f"--model.type={args.recipe}", *preset,
@@ -161,7 +189,7 @@ def bench(argv: list[str]) -> dict[str, Any]:
         "tflops_per_device": flops_per_step / seconds / 1e12,
         "mfu": flops_per_step / seconds / peak if peak else None,
         **peak_memory_gib(reset=False),
-        "torch": torch.__version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "torch": torch.__version__, **provenance("trainer.bench_mfu", argv),
     }
     if dist_utils.is_main():
         print(json.dumps(result, indent=2))

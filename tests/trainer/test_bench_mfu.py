@@ -13,20 +13,28 @@ import pytest
 import torch
 
 from tests.conftest import REPO
-from trainer.bench_mfu import FULL_SIZE, QUICKSTART, random_batch
+from trainer.bench_mfu import FULL_SIZE, QUICKSTART, full_size_overrides, random_batch
 from trainer.config_io import load_config
 
 
 @pytest.mark.parametrize("recipe", sorted(FULL_SIZE))
-def test_full_size_presets_build(recipe):
+def test_full_size_presets_build(recipe, tmp_path):
     from model.factory import build_model
 
-    cfg = load_config(["--config", str(QUICKSTART), f"--model.type={recipe}", *FULL_SIZE[recipe]])
+    cfg = load_config(["--config", str(QUICKSTART), f"--model.type={recipe}", *full_size_overrides(recipe, tmp_path)])
     with torch.device("meta"):
         model = build_model(cfg.model, cfg.data)
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert total > 4e8 and 0 < trainable < total  # frozen towers are frozen
+    if recipe == "baseline":
+        # The backbone is Qwen3-VL-2B-Instruct's architecture itself: 2,127,532,032 parameters in its
+        # published config (28 x 2048 text model with tied embeddings, 24 x 1024 vision tower), plus
+        # LoRA r=64 on every linear layer and one row for the added placeholder token.
+        base = {n: p for n, p in model.backbone.named_parameters() if "lora_" not in n}
+        assert sum(p.numel() for p in base.values()) == 2_127_532_032 + 2048
+        lora = sum(p.numel() for n, p in model.backbone.named_parameters() if "lora_" in n)
+        assert 9e7 < lora < 1.1e8 and all(p.requires_grad for n, p in model.backbone.named_parameters() if "lora_" in n)
     batch = random_batch(cfg, 2, torch.device("cpu"), torch.Generator().manual_seed(0))
     assert batch["image_primary"].shape == (2, 3, 224, 224) and batch["image_primary"].dtype == torch.uint8
 
