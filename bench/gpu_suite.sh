@@ -13,15 +13,16 @@
 # kernel benchmark runs the references on a small N, bench_mfu runs the tiny recipes).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
 
-if ! python3 -c "import deepspeed, draccus" 2>/dev/null && compgen -G ".whl/*" > /dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --no-build-isolation \
+if ! "$PY" -c "import deepspeed, draccus" 2>/dev/null && compgen -G ".whl/*" > /dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --no-build-isolation \
         --upgrade --target /tmp/site .whl/* || exit 1
     export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 DS_BUILD_OPS=0
 
-DEVICE=$(python3 -c "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')")
+DEVICE=$("$PY" -c "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')")
 CUDA=$([ "$DEVICE" = cpu ] && echo 0 || echo 1)
 SLUG=$(echo "$DEVICE" | tr 'A-Z' 'a-z' | tr -cs 'a-z0-9' '-' | sed 's/-$//')
 RESULTS=${RESULTS:-${OUT:-bench/results/$(date -u +%Y%m%d)_$SLUG}}
@@ -35,18 +36,18 @@ status=0
 for step in "${STEPS[@]}"; do
     case $step in
     tests)
-        python3 -m pytest -q -m gpu -p no:cacheprovider tests/kernels tests/model 2>&1 | tee "$RESULTS/gpu_tests.log"
+        "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/kernels tests/model 2>&1 | tee "$RESULTS/gpu_tests.log"
         [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
     kernels)
         if [ "$CUDA" = 1 ]; then args=(--n 1048576); else args=(--cpu-n 16384 --repeats 3); fi
-        python3 -m kernels.bench "${args[@]}" --d 128 --k 8 128 1024 --dtype bf16 --out "$RESULTS/codebook_lookup.json" \
+        "$PY" -m kernels.bench "${args[@]}" --d 128 --k 8 128 1024 --dtype bf16 --out "$RESULTS/codebook_lookup.json" \
             2>&1 | tee "$RESULTS/codebook_lookup.log"
         [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
     mfu)
         for recipe in lara baseline; do
             if [ "$CUDA" = 1 ]; then args=(--full-size --micro-batch "${MICRO_BATCH:-8}" --steps 10 --warmup 3)
             else args=(--micro-batch 2 --steps 1 --warmup 1); fi
-            python3 -m trainer.bench_mfu --recipe $recipe "${args[@]}" --out "$RESULTS/mfu_$recipe.json" \
+            "$PY" -m trainer.bench_mfu --recipe $recipe "${args[@]}" --out "$RESULTS/mfu_$recipe.json" \
                 2>&1 | tee "$RESULTS/mfu_$recipe.log"
             [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
         done ;;
