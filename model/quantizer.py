@@ -37,7 +37,7 @@ read.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
@@ -124,6 +124,18 @@ class Quantizer(nn.Module):
         """Set by the trainer to an all-reduce(sum) over data-parallel ranks."""
         self.lookup_fn: Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]] = nearest_code
         """Nearest-code lookup ``(z, codebook) -> (ids, quantized, sq_err)``; Triton on CUDA, reference elsewhere."""
+
+    def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> "Quantizer":
+        """``.to()`` / ``.bfloat16()`` move the statistics but keep their precision: an EMA step of
+        ``0.01 * x`` vanishes in bf16's 8-bit mantissa, and counts stop being exact. (DeepSpeed's
+        bf16 cast already leaves buffers alone; a user's ``model.bfloat16()`` does not.)"""
+        before = {name: b for name, b in self._buffers.items() if b is not None and b.is_floating_point()}
+        super()._apply(fn, recurse)
+        for name, old in before.items():
+            new = self._buffers[name]
+            if new is not None and new.dtype != old.dtype:  # undo the cast from the unrounded values
+                self._buffers[name] = old.to(device=new.device)
+        return self
 
     # -- subclass hooks ---------------------------------------------------------------------------
 

@@ -294,3 +294,19 @@ def test_restart_is_deterministic_without_a_generator():
         vq.restart_dead_codes()
         results.append(vq.codebook.clone())
     assert torch.equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("kind", ["st", "ema", "nsvq"])
+def test_module_cast_keeps_statistics_in_full_precision(kind):
+    torch.manual_seed(0)
+    vq = build_quantizer(QuantizerConfig(kind=kind, num_codes=16, restart_from="codes"), 6)
+    vq.train()
+    vq(torch.randn(64, 6))  # EMA moves the codebook off its bf16-representable init
+    before = {n: b.clone() for n, b in vq.named_buffers()}
+    vq.bfloat16()
+    for name, b in vq.named_buffers():
+        assert b.dtype == before[name].dtype, name
+        assert torch.equal(b, before[name]), f"{name} was rounded"
+    assert all(p.dtype == torch.bfloat16 for p in vq.parameters())  # parameters do follow the cast
+    out = vq(torch.randn(5, 6).bfloat16())
+    assert out.quantized.dtype == torch.bfloat16 and torch.isfinite(out.loss)
