@@ -136,9 +136,9 @@ def iter_episodes(sources: list[Any], num_shards: int, shard_index: int) -> Iter
 def run(args: argparse.Namespace) -> dict[str, int]:
     from data_service.latent_store import LatentStoreWriter
     from data_service.sources import open_source
-    from launcher.lam_checkpoint import load_trained_model
+    from trainer.export import load_checkpoint_model
 
-    policy, cfg, ckpt = load_trained_model(args.checkpoint)
+    policy, cfg, ckpt = load_checkpoint_model(args.checkpoint)
     if not hasattr(policy, "annotate"):
         raise TypeError(f"{ckpt}: model type {type(policy).__name__} has no annotate(); train a LAM recipe (type: lam*)")
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -99,7 +99,7 @@ def probe_latents(fit: EpisodeLatents, test: EpisodeLatents, num_codes: int, *, 
 def main(argv: list[str] | None = None) -> int:
     from data_service.config import DatasetEntry
     from data_service.sources import open_source
-    from launcher.lam_checkpoint import load_trained_model
+    from trainer.export import load_checkpoint_model
 
     p = argparse.ArgumentParser(prog="python -m launcher.lam_probe", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="run dir or checkpoint dir of a LAM recipe")
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fit-split", default="train")
     p.add_argument("--test-split", default="val")
     a = p.parse_args(argv)
-    policy, cfg, _ = load_trained_model(a.checkpoint)
+    policy, cfg, _ = load_checkpoint_model(a.checkpoint)
     name = a.dataset_name or Path(a.data).parent.name
     sources = [open_source(DatasetEntry(name=name, path=a.data, split=s), cfg.data) for s in (a.fit_split, a.test_split)]
     fit, test = (collect_latents(policy, s, cfg.data) for s in sources)

@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from model.backbone_config import HFBackboneConfig
-from model.vl_backbone import VLBackbone, VLMOutput, gather_positions
+from model.vl_backbone import VLBackbone, VLMOutput, gather_positions, next_token_ce
 
 log = logging.getLogger(__name__)
 
@@ -453,7 +453,19 @@ class HFVLMBackbone(VLBackbone):
         second = is_img & (is_img.cumsum(1) > per_row // 2)
         return second & ~has_wrist.to(ids.device)[:, None]
 
-    def forward(self, batch: dict[str, Any], num_queries: int = 0, return_query_logits: bool = False) -> VLMOutput:
+    def _text_targets(self, ids: Tensor, attn: Tensor, is_query: Tensor) -> Tensor:
+        """[B,T] True at the prompt's text tokens: attended, not a query, not an image or vision marker."""
+        vision = {self.image_token_id}
+        for token in ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|video_pad|>", "<image>"):
+            tid = self.tokenizer.convert_tokens_to_ids(token)
+            if isinstance(tid, int) and tid != self.tokenizer.unk_token_id:
+                vision.add(tid)
+        vision.discard(None)
+        is_vision = torch.isin(ids, torch.tensor(sorted(vision), device=ids.device, dtype=ids.dtype))
+        return attn & ~is_query & ~is_vision & (ids != self.placeholder_id)
+
+    def forward(self, batch: dict[str, Any], num_queries: int = 0, return_query_logits: bool = False,
+                return_text_ce: bool = False) -> VLMOutput:
         model = self.hf_model
         dev, dtype = next(model.parameters()).device, model.dtype
         inputs = self.build_inputs(batch, num_queries)
@@ -476,9 +488,13 @@ class HFVLMBackbone(VLBackbone):
             logits = None
             if return_query_logits:
                 logits = model.get_output_embeddings()(gather_positions(hidden[-1], query_index))
+            text_ce = None
+            if return_text_ce:
+                text_ce = next_token_ce(hidden[-1], model.get_output_embeddings(), ids,
+                                        self._text_targets(ids, attn, is_query))
         mask = attn & ~missing
         task_mask = mask & ~is_query
-        return VLMOutput(hidden, mask, query_index, task_mask, logits)
+        return VLMOutput(hidden, mask, query_index, task_mask, logits, text_ce)
 
     # -- export -----------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
 from model.config import BackboneConfig
@@ -34,6 +35,9 @@ class VLMOutput(NamedTuple):
     """[B,T] bool: real image and text tokens (not queries, not padding)."""
     query_logits: Tensor | None
     """[B,Q,V] LM logits at the query positions when requested, else None."""
+    text_ce: Tensor | None = None
+    """Scalar next-token cross-entropy of the LM on the prompt's text tokens when requested (LAPA's
+    0.01-weighted language loss), else None. Image tokens, queries and padding are never targets."""
 
 
 class VLBackbone(nn.Module):
@@ -43,11 +47,14 @@ class VLBackbone(nn.Module):
     num_layers: int
     vocab_size: int
 
-    def encode(self, batch: dict[str, Any], num_queries: int = 0, return_query_logits: bool = False) -> VLMOutput:
+    def encode(self, batch: dict[str, Any], num_queries: int = 0, return_query_logits: bool = False,
+               return_text_ce: bool = False) -> VLMOutput:
         # Through __call__ so ZeRO-3's forward hooks gather this module's own parameters.
-        return self(batch, num_queries=num_queries, return_query_logits=return_query_logits)
+        return self(batch, num_queries=num_queries, return_query_logits=return_query_logits,
+                    return_text_ce=return_text_ce)
 
-    def forward(self, batch: dict[str, Any], num_queries: int = 0, return_query_logits: bool = False) -> VLMOutput:
+    def forward(self, batch: dict[str, Any], num_queries: int = 0, return_query_logits: bool = False,
+                return_text_ce: bool = False) -> VLMOutput:
         raise NotImplementedError
 
     def add_tokens(self, tokens: list[str]) -> list[int]:
@@ -62,6 +69,20 @@ class VLBackbone(nn.Module):
 def gather_positions(x: Tensor, index: Tensor) -> Tensor:
     """x [B,T,D], index [B,Q] -> [B,Q,D]."""
     return torch.gather(x, 1, index[:, :, None].expand(-1, -1, x.shape[-1]))
+
+
+def next_token_ce(hidden: Tensor, lm_head: nn.Module, ids: Tensor, is_target: Tensor) -> Tensor:
+    """Mean CE of predicting ``ids[:, t]`` from ``hidden[:, t-1]`` over positions where ``is_target``.
+
+    Logits are computed only at the positions that predict a target (never [B,T,V] for the whole
+    sequence), in fp32. Returns 0 (with a graph) when no row has a target.
+    """
+    target = is_target[:, 1:]
+    src = hidden[:, :-1][target]  # [N,D] states that predict a target
+    logits = lm_head(src).float()
+    if logits.shape[0] == 0:
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, ids[:, 1:][target])
 
 
 def tokenize_bytes(texts: list[str], max_len: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
@@ -128,7 +149,8 @@ class TinyVLBackbone(VLBackbone):
         self.added_tokens += tokens
         return list(range(old.num_embeddings, new.num_embeddings))
 
-    def forward(self, batch: dict[str, Any], num_queries: int = 0, return_query_logits: bool = False) -> VLMOutput:
+    def forward(self, batch: dict[str, Any], num_queries: int = 0, return_query_logits: bool = False,
+                return_text_ce: bool = False) -> VLMOutput:
         primary: Tensor = batch["image_primary"]
         b, dev = primary.shape[0], primary.device
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.frozen):
@@ -164,7 +186,12 @@ class TinyVLBackbone(VLBackbone):
             logits = None
             if return_query_logits:
                 logits = self.lm_head(gather_positions(hidden[-1], query_index))
-            return VLMOutput(tuple(hidden), mask, query_index, task_mask, logits)
+            text_ce = None
+            if return_text_ce:  # bytes after the first one, each predicted from the state before it
+                start = task_len - ids.shape[1]
+                states = hidden[-1][:, start : task_len]
+                text_ce = next_token_ce(states, self.lm_head, ids, text_mask)
+            return VLMOutput(tuple(hidden), mask, query_index, task_mask, logits, text_ce)
 
 
 def build_backbone(cfg: BackboneConfig) -> VLBackbone:

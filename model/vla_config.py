@@ -157,11 +157,17 @@ class LapaConfig(ModelConfig):
     """Stage 3: bins JSON from ``python -m launcher.fit_action_bins``; empty = fit at build time from the data."""
     bins_fit_samples: int = 20000
     """Stage 3: action samples read to fit the bins when ``bins_path`` is empty."""
+    text_loss_weight: float = 0.0
+    """Stage 2: w in (1 - w) * latent CE + w * next-token CE on the prompt's text, which keeps the VLM a
+    language model (LAPA: 0.01). Stage 3 trains on action CE only, as LAPA does."""
 
     def __post_init__(self) -> None:
         _check(self.stage in ("latent", "action"), f"model.stage must be latent or action, got {self.stage!r}")
         _check(self.num_bins >= 2, "model.num_bins must be >= 2")
         _check(self.action_horizon >= 1, "model.action_horizon must be >= 1")
+        _check(0.0 <= self.text_loss_weight < 1.0, f"model.text_loss_weight must be in [0, 1), got {self.text_loss_weight}")
+        _check(self.stage == "latent" or self.text_loss_weight == 0.0,
+               "model.text_loss_weight applies to lapa_latent only (LAPA's action finetuning uses action CE alone)")
 
 
 @ModelConfig.register_subclass("lapa_latent")
@@ -171,6 +177,8 @@ class LapaLatentConfig(LapaConfig):
 
     stage: str = "latent"
     """Fixed."""
+    text_loss_weight: float = 0.01
+    """w in (1 - w) * latent CE + w * text CE (LAPA: 0.99 / 0.01)."""
 
 
 @ModelConfig.register_subclass("lapa_action")

@@ -48,7 +48,7 @@ def test_annotation_job_writes_every_step_and_resumes(lam_run, tmp_path):
     from data_service.latent_store import LatentStore
     from data_service.sources import open_source
     from launcher.annotate_latents import main, read_episode_frames
-    from launcher.lam_checkpoint import load_trained_model
+    from trainer.export import load_checkpoint_model
 
     run_dir, dataset = lam_run
     out = tmp_path / "latents.zarr"
@@ -59,7 +59,7 @@ def test_annotation_job_writes_every_step_and_resumes(lam_run, tmp_path):
     assert store.metadata["embedding"] == "quantized" and store.metadata["strides"] == {"synthetic_world": 3}
 
     # Every step t is labelled with the LAM's tokens of (x_t, x_{min(t+H, T-1)}).
-    policy, cfg, ckpt = load_trained_model(run_dir)
+    policy, cfg, ckpt = load_checkpoint_model(run_dir)
     assert ckpt.name == "step_00000003"
     src = open_source(DatasetEntry(path=str(dataset)), cfg.data)
     ep = read_episode_frames(src, 2, cfg.data)
@@ -83,13 +83,16 @@ def test_annotation_job_writes_every_step_and_resumes(lam_run, tmp_path):
 
 
 def test_checkpoint_resolution_errors(tmp_path):
-    from launcher.lam_checkpoint import resolve_checkpoint
+    from trainer.export import ExportError, IncompleteCheckpointError, load_checkpoint_model
 
-    with pytest.raises(FileNotFoundError, match="neither a run directory"):
-        resolve_checkpoint(tmp_path)
+    with pytest.raises(ExportError, match="neither a run directory"):
+        load_checkpoint_model(tmp_path)
     (tmp_path / "checkpoints").mkdir()
-    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
-        resolve_checkpoint(tmp_path)
+    with pytest.raises(ExportError, match="no checkpoints yet"):
+        load_checkpoint_model(tmp_path)
+    (tmp_path / "checkpoints" / "step_00000002").mkdir()  # a save cut off before its COMPLETE marker
+    with pytest.raises(IncompleteCheckpointError, match="no complete checkpoint"):
+        load_checkpoint_model(tmp_path)
 
 
 def test_probe_cli_reports_accuracy_and_chance(lam_run, capsys):

@@ -276,30 +276,15 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def export_policy(source: str | os.PathLike, out: str | os.PathLike, *, tag: str | None = None,
-                  overwrite: bool = False, verify: bool = True) -> dict[str, Any]:
-    """Export the checkpoint resolved from ``source`` (see :func:`resolve_checkpoint`) to ``out``.
-
-    Returns the contents of ``export.json``. ``out`` must not exist unless ``overwrite``; it
-    appears only once complete (and, with ``verify``, loaded back successfully)."""
-    from model.config import ModelConfig
+def _load_checkpoint_model(ckpt: CheckpointInfo) -> tuple[nn.Module, Any]:
+    """Steps 2-3: the model of ``ckpt`` built from its config.yaml with its consolidated state, in eval mode."""
     from model.factory import build_model
-    from trainer.config_io import ConfigError, dump_config, load_config
+    from trainer.config_io import ConfigError, load_config
 
-    t0 = time.perf_counter()
-    out = Path(out).absolute()
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise ExportError(f"{out} already exists; choose another --out or pass --overwrite")
-    ckpt = resolve_checkpoint(source, tag)
-    log.info("exporting %s (step %d) to %s", ckpt.path, ckpt.step, out)
     try:
         cfg = load_config(["--config", str(ckpt.path / CONFIG_FILE)])
     except ConfigError as e:
         raise ExportError(f"{ckpt.path / CONFIG_FILE}: {e}") from e
-    stats_src = ckpt.path / STATS_FILE
-    if not stats_src.is_file():
-        raise ExportError(f"{ckpt.path}: no {STATS_FILE}; the policy's actions could not be unnormalized")
-
     state = consolidate_state_dict(ckpt.path)
     try:
         model = build_model(cfg.model, cfg.data)
@@ -309,8 +294,37 @@ def export_policy(source: str | os.PathLike, out: str | os.PathLike, *, tag: str
         load_state_dict_strict(model, state, f"checkpoint {ckpt.path}")
     except PolicyLoadError as e:
         raise ExportError(str(e)) from e
-    del state
-    model.eval()
+    return model.eval(), cfg
+
+
+def load_checkpoint_model(source: str | os.PathLike, tag: str | None = None) -> tuple[nn.Module, Any, Path]:
+    """``(model in eval mode on CPU, its PretrainConfig, checkpoint dir)`` straight from a training
+    checkpoint, resolved as for an export (a run dir gives its newest complete checkpoint), without
+    writing an export: for tools that read a model in place (LAM annotation and probes)."""
+    ckpt = resolve_checkpoint(source, tag)
+    model, cfg = _load_checkpoint_model(ckpt)
+    return model, cfg, ckpt.path
+
+
+def export_policy(source: str | os.PathLike, out: str | os.PathLike, *, tag: str | None = None,
+                  overwrite: bool = False, verify: bool = True) -> dict[str, Any]:
+    """Export the checkpoint resolved from ``source`` (see :func:`resolve_checkpoint`) to ``out``.
+
+    Returns the contents of ``export.json``. ``out`` must not exist unless ``overwrite``; it
+    appears only once complete (and, with ``verify``, loaded back successfully)."""
+    from model.config import ModelConfig
+    from trainer.config_io import dump_config
+
+    t0 = time.perf_counter()
+    out = Path(out).absolute()
+    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"{out} already exists; choose another --out or pass --overwrite")
+    ckpt = resolve_checkpoint(source, tag)
+    log.info("exporting %s (step %d) to %s", ckpt.path, ckpt.step, out)
+    stats_src = ckpt.path / STATS_FILE
+    if not stats_src.is_file():
+        raise ExportError(f"{ckpt.path}: no {STATS_FILE}; the policy's actions could not be unnormalized")
+    model, cfg = _load_checkpoint_model(ckpt)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp{os.getpid()}"

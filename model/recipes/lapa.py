@@ -2,8 +2,9 @@
 
 Stage 2 (``lapa_latent``): S x Q placeholder queries; a separate latent-token head (LAPA's
 ``delta_head``: its own K-way output rather than vocabulary rows) predicts the LAM's codes; loss =
-CE over labelled steps. No robot actions are needed, so human video trains it fully.
-(LAPA adds 0.01 x text CE on the prompt; not implemented here: the prompt is a fixed template.)
+CE over labelled steps, plus (as LAPA: 0.99 / 0.01) ``text_loss_weight`` x the LM's next-token CE on
+the prompt's text tokens, which keeps the backbone a language model. No robot actions are needed,
+so human video trains it fully.
 
 Stage 3 (``lapa_action``): ``action_horizon`` x A queries; a new head predicts a quantile bin per
 action dimension (bins fitted per dimension on the training data, duplicates dropped, as LAPA's
@@ -72,9 +73,9 @@ class LapaPolicy(nn.Module):
             self.head = TokenHead(dim, cfg.num_bins)
         self.tokens_per_sample = float(self.num_queries)
 
-    def _query_logits(self, batch: dict[str, Any]) -> Tensor:
-        out = self.backbone.encode(batch, num_queries=self.num_queries)
-        return self.head(gather_positions(out.hidden_states[-1], out.query_index))
+    def _query_logits(self, batch: dict[str, Any], text_ce: bool = False) -> tuple[Tensor, Tensor | None]:
+        out = self.backbone.encode(batch, num_queries=self.num_queries, return_text_ce=text_ce)
+        return self.head(gather_positions(out.hidden_states[-1], out.query_index)), out.text_ce
 
     def _bin_logits(self, logits: Tensor) -> Tensor:
         """[B,n*A,bins] -> [B,n,A,bins] with each dimension's dropped (duplicate) bins masked out."""
@@ -84,12 +85,17 @@ class LapaPolicy(nn.Module):
         return logits.masked_fill(~real, torch.finfo(logits.dtype).min)
 
     def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
-        logits = self._query_logits(batch)
+        w = self.cfg.text_loss_weight
+        logits, text_ce = self._query_logits(batch, text_ce=w > 0)
         if self.cfg.stage == "latent":
             lat = self.latent(batch)
             mask = lat.valid[:, :, None].expand_as(lat.ids).flatten(1)
-            ce, acc = token_ce(logits, lat.ids.flatten(1), mask)
-            metrics = {"loss/latent_ce": ce.detach(), "latent/acc": acc, **lat.metrics}
+            latent_ce, acc = token_ce(logits, lat.ids.flatten(1), mask)
+            metrics = {"loss/latent_ce": latent_ce.detach(), "latent/acc": acc, **lat.metrics}
+            ce = latent_ce
+            if text_ce is not None:
+                ce = (1.0 - w) * latent_ce + w * text_ce
+                metrics["loss/text_ce"] = text_ce.detach()
         else:
             n = self.horizon
             targets = self.bins.encode(batch["action"][:, :n])  # [B,n,A]
@@ -105,14 +111,14 @@ class LapaPolicy(nn.Module):
         """Stage 2: predicted code ids [B,S*Q]."""
         if self.cfg.stage != "latent":
             raise ValueError("predict_latents is the stage-2 (lapa_latent) output")
-        return self._query_logits(batch).argmax(-1)
+        return self._query_logits(batch)[0].argmax(-1)
 
     @torch.no_grad()
     def predict_action(self, batch: dict[str, Any], **_: Any) -> Tensor:
         """Stage 3: normalized actions [B,n,A] (bin centres); padded dims 0."""
         if self.cfg.stage != "action":
             raise ValueError("predict_action needs the stage-3 (lapa_action) model")
-        actions = self.bins.decode(self._bin_logits(self._query_logits(batch)).argmax(-1))
+        actions = self.bins.decode(self._bin_logits(self._query_logits(batch)[0]).argmax(-1))
         if "action_dim_mask" in batch:
             actions = actions * batch["action_dim_mask"].to(actions.dtype)[:, None, :]
         return actions

@@ -147,6 +147,28 @@ def test_query_logits_are_the_lm_head_at_the_queries(tiny_qwen: Path) -> None:
     torch.testing.assert_close(out.query_logits.detach(), gather_positions(full, out.query_index), rtol=1e-4, atol=1e-5)
 
 
+def test_text_ce_is_the_lm_loss_on_the_prompt_text_only(tiny_qwen: Path) -> None:
+    bb = build(tiny_qwen, tuning="lora")
+    batch = make_batch(LANG)
+    out = bb(batch, num_queries=Q, return_text_ce=True)
+    inputs = bb.build_inputs(batch, Q)
+    ids, attn = inputs["input_ids"], inputs["attention_mask"].bool()
+    with torch.no_grad():
+        full = bb.hf_model(**inputs).logits  # [B,T,V] from the whole HF model
+    tok = bb.tokenizer
+    vision = {tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|vision_start|>", "<|vision_end|>")}
+    target = attn.clone()
+    for v in vision | {bb.placeholder_id}:
+        target &= ids != v
+    assert int(target.sum()) > 3 * 10  # the chat template and every instruction are targets
+    assert not bool((target & (ids == bb.image_token_id)).any())
+    pred = full[:, :-1][target[:, 1:]]
+    manual = torch.nn.functional.cross_entropy(pred.float(), ids[:, 1:][target[:, 1:]])
+    torch.testing.assert_close(out.text_ce.detach(), manual, rtol=1e-4, atol=1e-5)
+    assert out.text_ce.requires_grad  # reaches the LoRA adapters through the hidden states
+    assert bb(batch, num_queries=Q).text_ce is None
+
+
 # -- tuning ----------------------------------------------------------------------------------------
 
 def test_frozen_has_no_trainable_parameters_and_no_graph(tiny_qwen: Path) -> None:

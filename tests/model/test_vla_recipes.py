@@ -54,7 +54,7 @@ EXPECTED_TERMS = {
     LaAlignConfig: {"loss/action_l1", "loss/align", "align/cos"},
     LaDirectConfig: {"loss/action_l1", "loss/latent_ce", "latent/acc"},
     LaCondConfig: {"loss/action_l1", "loss/latent_ce", "latent/acc"},
-    LapaLatentConfig: {"loss/latent_ce", "latent/acc"},
+    LapaLatentConfig: {"loss/latent_ce", "loss/text_ce", "latent/acc"},
 }
 
 
@@ -174,6 +174,29 @@ def test_la_tok_predicts_the_tokenizers_codes() -> None:
     assert all(torch.equal(before[k], v) for k, v in model.tokenizer.state_dict().items())  # frozen, EMA included
     with pytest.raises(ValueError, match="tokenizer_init"):
         PixelsToTokensPolicy(_cfg(LaTokConfig), DATA)
+
+
+def test_lapa_latent_adds_the_weighted_text_lm_loss() -> None:
+    from model.vl_backbone import tokenize_bytes
+
+    model = _build(LapaLatentConfig)
+    assert model.cfg.text_loss_weight == 0.01  # LAPA: 0.99 latent CE + 0.01 text CE
+    batch = random_batch(4)
+    loss, metrics = model(batch)
+    torch.testing.assert_close(loss.detach(), 0.99 * metrics["loss/latent_ce"] + 0.01 * metrics["loss/text_ce"])
+    # The text CE is byte-level next-token prediction over each instruction, from the last layer.
+    bb = model.backbone
+    out = bb(batch, num_queries=model.num_queries)
+    ids, text_mask = tokenize_bytes(list(batch["language"]), bb.cfg.max_text_len)
+    start = int(out.query_index[0, 0]) - ids.shape[1]
+    logits = bb.lm_head(out.hidden_states[-1][:, start : start + ids.shape[1]])
+    tgt = text_mask[:, 1:]
+    manual = torch.nn.functional.cross_entropy(logits[:, :-1][tgt], ids[:, 1:][tgt])
+    torch.testing.assert_close(metrics["loss/text_ce"], manual.detach())
+    off, m_off = _build(LapaLatentConfig, text_loss_weight=0.0)(batch)
+    assert "loss/text_ce" not in m_off and torch.equal(off.detach(), m_off["loss/latent_ce"])
+    with pytest.raises(ValueError, match="lapa_latent only"):
+        LapaActionConfig(text_loss_weight=0.01)
 
 
 def test_lapa_action_bins_each_dimension_and_debins_predictions() -> None:
