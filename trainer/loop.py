@@ -224,10 +224,8 @@ class _Trainer:
     def _evaluate(self, step: int) -> None:
         """Held-out evaluation on every rank (collective); ``_log`` writes it with this step's record."""
         assert self.evaluator is not None
-        t0 = time.perf_counter()
-        self.pending_eval = self.evaluator.run(self.engine.module, step)
-        # Keep evaluation out of the next step's wall time (samples/s and the step-time breakdown).
-        self.timer._step_t0 += time.perf_counter() - t0
+        with self.timer.paused():  # evaluation stays out of samples/s and the step-time breakdown
+            self.pending_eval = self.evaluator.run(self.engine.module, step)
 
     def _save(self, step: int) -> None:
         if step == self.start_step:

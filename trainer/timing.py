@@ -63,6 +63,16 @@ class StepTimer:
         self._step_t0 = now
         return out
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Time spent inside (periodic evaluation, say) counts towards no step: neither the wall time
+        of the step that follows nor, through it, samples/s."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._step_t0 += time.perf_counter() - t0
+
     def pop_window(self, steps: int) -> dict[str, float]:
         """Mean seconds per step of each phase since the last pop, as ``time/<phase>_s``."""
         n = max(1, steps)

@@ -73,6 +73,19 @@ def test_step_timer_breakdown():
     assert peak_memory_gib()["memory/max_rss_gib"] > 0
 
 
+def test_paused_time_belongs_to_no_step():
+    import time
+
+    t = StepTimer()
+    t.end_step()
+    with t.paused():
+        time.sleep(0.2)
+    with t.phase("forward"):
+        time.sleep(0.01)
+    step = t.end_step()
+    assert 0.01 <= step["step"] < 0.15 and step["other"] < 0.1
+
+
 def test_accumulator_means_and_console_without_loss():
     acc = MetricAccumulator()
     acc.add({"loss": torch.tensor(1.0), "loss/a": 2.0})
