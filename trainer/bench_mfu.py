@@ -131,7 +131,7 @@ def bench(argv: list[str]) -> dict[str, Any]:
     from trainer import distributed as dist_utils
     from trainer.config_io import load_config
     from trainer.engine import build_engine
-    from trainer.flops import count_flops, device_peak_flops
+    from trainer.flops import count_flops, device_peak_flops, forward_flops_by_child
     from trainer.provenance import provenance
     from trainer.timing import peak_memory_gib
 
@@ -165,6 +165,8 @@ def bench(argv: list[str]) -> dict[str, Any]:
         return flops
 
     flops_per_step = step(measure=True)
+    probe = random_batch(cfg, args.micro_batch, engine.device, gen)
+    forward_split = forward_flops_by_child(engine.module, lambda: engine(probe))
     for _ in range(max(0, args.warmup - 1)):
         step()
     if cuda:
@@ -184,7 +186,8 @@ def bench(argv: list[str]) -> dict[str, Any]:
         "precision": args.precision, "micro_batch": args.micro_batch,
         "activation_checkpointing": cfg.trainer.activation_checkpointing,
         "params": n_params, "trainable_params": n_train,
-        "flops_per_step_per_device": flops_per_step, "step_s": seconds,
+        "flops_per_step_per_device": flops_per_step, "flops_per_sample": flops_per_step / args.micro_batch,
+        "forward_flops_by_module": forward_split, "step_s": seconds,
         "samples_per_s": args.micro_batch * world / seconds,
         "tflops_per_device": flops_per_step / seconds / 1e12,
         "mfu": flops_per_step / seconds / peak if peak else None,

@@ -70,3 +70,35 @@ def count_flops() -> Iterator[Callable[[], StepFlops]]:
         yield lambda: result[0]
     executed = int(counter.get_total_flops())
     result.append(StepFlops(total=executed - int(recompute[0]), recompute=int(recompute[0])))
+
+
+def forward_flops_by_child(module: torch.nn.Module, run: Callable[[], object]) -> dict[str, int]:
+    """Forward FLOPs of each direct child of ``module`` (by attribute name), plus ``other`` for what
+    runs in ``module`` itself (losses, glue), while ``run()`` calls ``module`` (or a wrapper around
+    it, such as a DeepSpeed engine) once, under ``no_grad``.
+
+    Forward only: FlopCounterMode credits a backward op to the module only for some modules (never
+    to one whose output is a loss), while forward counts are inclusive along the module tree. A
+    child reached only through a method (``lam.encode(x)`` runs ``lam``'s submodules but not
+    ``lam`` itself) gets the sum of its outermost counted submodules."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        run()
+    counts = {k: int(sum(v.values())) for k, v in counter.get_flop_counts().items() if k != "Global"}
+    children = [name for name, _ in module.named_children()]
+    roots = {".".join(parts[:i]) for parts in (k.split(".") for k in counts)
+             for i in range(1, len(parts)) if parts[i] in children}
+    if not roots:
+        return {}
+    root = min(roots, key=lambda k: (k.count("."), k))  # the module's own path (under any wrapper)
+    out: dict[str, int] = {}
+    for child in children:
+        base = f"{root}.{child}"
+        under = [k for k in counts if k == base or k.startswith(base + ".")]
+        outermost = [k for k in under if not any(k.startswith(j + ".") for j in under)]
+        if sum(counts[k] for k in outermost):
+            out[child] = sum(counts[k] for k in outermost)
+    out["other"] = counts.get(root, 0) - sum(out.values())
+    return out

@@ -49,3 +49,8 @@ def test_tiny_cpu_run_reports_json(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["flops_per_step_per_device"] > 0 and res["step_s"] > 0 and res["mfu"] is None  # CPU: no peak
+    split = res["forward_flops_by_module"]
+    assert {"backbone", "lam", "head"} <= set(split) and min(split.values()) >= 0
+    # forward is about a third of forward + backward (frozen towers have no weight gradients: more)
+    assert 0.25 < sum(split.values()) / res["flops_per_step_per_device"] < 0.5
+    assert res["git_commit"] and res["command"].startswith("python -m trainer.bench_mfu --recipe lara")
