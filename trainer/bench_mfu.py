@@ -33,6 +33,17 @@ if __package__ in (None, ""):  # run as a script by the deepspeed launcher
 
 import torch
 
+MOTO_LAM = [
+    # Moto's latent motion tokenizer (LARA's LAM): M-Former 768 x 4 over 8 queries and both frames'
+    # tokens, 8 x 32 latent, 128 straight-through codes, a 12-layer ViT decoder over x_t's patches
+    # that re-renders x_{t+H} (no residual).
+    "--model.lam.dim=768", "--model.lam.depth=4", "--model.lam.heads=12", "--model.lam.num_queries=8",
+    "--model.lam.mformer_target=frame", "--model.lam.latent_dim=32", "--model.lam.quantizer.kind=st",
+    "--model.lam.quantizer.num_codes=128", "--model.lam.decoder=vit", "--model.lam.decoder_dim=768",
+    "--model.lam.decoder_depth=12", "--model.lam.decoder_heads=12", "--model.lam.decoder_residual=false",
+]
+"""Full-size overrides of the Moto-style LAM (../shared/anchors/models.md section 4), after the encoder's."""
+
 FULL_SIZE: dict[str, list[str]] = {
     "lara": [
         "--data.image_size=224", "--data.action_horizon=16", "--data.max_action_dim=32", "--data.max_proprio_dim=64",
@@ -40,8 +51,7 @@ FULL_SIZE: dict[str, list[str]] = {
         "--model.backbone.depth=12", "--model.backbone.heads=16", "--model.backbone.frozen=true",
         "--model.lam.image_size=224", "--model.lam.patch_size=16", "--model.lam.encoder.dim=1024",
         "--model.lam.encoder.depth=24", "--model.lam.encoder.heads=16", "--model.lam.encoder.frozen=true",
-        "--model.lam.dim=768", "--model.lam.depth=4", "--model.lam.heads=12", "--model.lam.decoder_dim=768",
-        "--model.lam.decoder_depth=12", "--model.lam.decoder_heads=12",
+        *MOTO_LAM,
         "--model.head.action_horizon=16", "--model.head.action_dim=32", "--model.head.proprio_dim=64",
         "--model.head.num_embodiments=32", "--model.head.hidden_dim=1024", "--model.head.dim=1536",
         "--model.head.depth=16", "--model.head.heads=32", "--model.head.output_dim=1024",
@@ -49,8 +59,7 @@ FULL_SIZE: dict[str, list[str]] = {
     "lam": [
         "--data.image_size=224", "--model.lam.image_size=224", "--model.lam.patch_size=16",
         "--model.lam.encoder.dim=1024", "--model.lam.encoder.depth=24", "--model.lam.encoder.heads=16",
-        "--model.lam.encoder.frozen=true", "--model.lam.dim=768", "--model.lam.depth=4", "--model.lam.heads=12",
-        "--model.lam.decoder_dim=768", "--model.lam.decoder_depth=12", "--model.lam.decoder_heads=12",
+        "--model.lam.encoder.frozen=true", *MOTO_LAM,
     ],
 }
 """Per recipe: overrides that turn the default (tiny) recipe into its full-size architecture.

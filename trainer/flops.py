@@ -31,6 +31,30 @@ PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
 )
 
 
+def _register_cpu_attention_flops() -> None:
+    """FlopCounterMode knows the CUDA SDPA kernels but not the CPU one, so CPU runs (tests, FLOP
+    counts of full-size models without a GPU) would miss every attention's QK^T and AV."""
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+    fwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    bwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+    if fwd is None or fwd in fc.flop_registry:
+        return
+
+    @fc.register_flop_formula(fwd, get_raw=True)
+    def _forward(query, key, value, *args, out_val=None, **kwargs) -> int:
+        return fc.sdpa_flop_count(query.shape, key.shape, value.shape)
+
+    if bwd is not None and bwd not in fc.flop_registry:
+        @fc.register_flop_formula(bwd, get_raw=True)
+        def _backward(grad_out, query, key, value, *args, out_val=None, **kwargs) -> int:
+            return fc.sdpa_backward_flop_count(grad_out.shape, query.shape, key.shape, value.shape)
+
+
+_register_cpu_attention_flops()
+
+
 def peak_flops_for(device_name: str) -> float | None:
     """Peak bf16 dense FLOP/s of a GPU named like ``torch.cuda.get_device_name()``; None if unknown."""
     for key, peak in PEAK_BF16_FLOPS:
