@@ -99,7 +99,8 @@ def count_flops() -> Iterator[Callable[[], StepFlops]]:
 def forward_flops_by_child(module: torch.nn.Module, run: Callable[[], object]) -> dict[str, int]:
     """Forward FLOPs of each direct child of ``module`` (by attribute name), plus ``other`` for what
     runs in ``module`` itself (losses, glue), while ``run()`` calls ``module`` (or a wrapper around
-    it, such as a DeepSpeed engine) once, under ``no_grad``.
+    it, such as a DeepSpeed engine) once. The forward runs with autograd on (FlopCounterMode's module
+    tracker cannot hook a parameter passed as an argument under ``no_grad``); its graph is dropped.
 
     Forward only: FlopCounterMode credits a backward op to the module only for some modules (never
     to one whose output is a loss), while forward counts are inclusive along the module tree. A
@@ -108,7 +109,7 @@ def forward_flops_by_child(module: torch.nn.Module, run: Callable[[], object]) -
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
+    with counter:
         run()
     counts = {k: int(sum(v.values())) for k, v in counter.get_flop_counts().items() if k != "Global"}
     children = [name for name, _ in module.named_children()]
