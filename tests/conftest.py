@@ -25,6 +25,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     cores). Left to the tests, the first multi-rank job pays that inside its own timeout, and a
     rank killed mid-build leaves torch's build lock behind so every later job waits on it forever.
     """
+    import time
+
+    session.config._shm_session_start = time.time()  # type: ignore[attr-defined]
     try:
         import deepspeed
         from deepspeed.accelerator import get_accelerator
@@ -38,6 +41,32 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             import warnings
 
             warnings.warn(f"pre-building DeepSpeed's shm comm op failed: {e}")
+
+
+SHM_GLOB = "deepspeed_allreduce_buffer_*"
+"""DeepSpeed's CPU shm-allreduce segments in /dev/shm (70 MB of RAM per rank)."""
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A last guard against the leak that once filled CI's RAM: segments left by this session's
+    jobs (older than a minute: a live job unlinks its own within seconds of starting) are removed
+    and named, so a test launching DeepSpeed without ``trainer.distributed.init_distributed`` shows up."""
+    import time
+
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        return
+    start = getattr(session.config, "_shm_session_start", None)
+    if start is None:
+        return
+    left = [f for f in shm.glob(SHM_GLOB) if start <= f.stat().st_mtime < time.time() - 60]
+    for f in left:
+        f.unlink(missing_ok=True)
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        msg = f"removed {len(left)} DeepSpeed shm segments left by this session's jobs: {sorted(f.name for f in left)[:6]}"
+        if reporter is not None:
+            reporter.write_line(msg, yellow=True)
 
 
 def free_port() -> int:
@@ -56,10 +85,17 @@ def run_deepspeed(args: list[str], num_ranks: int, timeout: int = 600, env: dict
     proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"deepspeed run failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
-    # DeepSpeed's CPU shm-allreduce segments (70 MB per rank) must not outlive the job.
-    leaked = sorted(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
-    assert not leaked, f"the job left shared memory behind: {leaked}"
+    assert_no_shm_leak(port)
     return proc
+
+
+def assert_no_shm_leak(port: int) -> None:
+    """DeepSpeed's CPU shm-allreduce segments (70 MB per rank, named after the master port) must not
+    outlive the job that used ``port``; leaked ones are removed, then reported."""
+    leaked = sorted(Path("/dev/shm").glob(f"{SHM_GLOB}_{port}_*"))
+    for f in leaked:
+        f.unlink(missing_ok=True)
+    assert not leaked, f"the job left shared memory behind: {[f.name for f in leaked]}"
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from tests.checkpoint_helpers import fp32_params
-from tests.conftest import REPO, free_port, read_jsonl, run_deepspeed
+from tests.conftest import REPO, assert_no_shm_leak, free_port, read_jsonl, run_deepspeed
 
 pytestmark = pytest.mark.slow
 
@@ -144,7 +144,8 @@ def test_sigterm_writes_a_final_checkpoint_and_exits_cleanly(tmp_path, tiny_worl
     """SIGTERM to the whole job (as SLURM sends it): every rank saves the same step and exits.
     (The model is built under deepspeed.zero.Init here, which a 2-rank run needs to exercise.)"""
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
+    port = free_port()
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(port),
            str(REPO / "launcher" / "pretrain.py"), *tiny_world_args, f"--run.dir={run_dir}",
            "--trainer.max_steps=500", "--checkpoint.every_steps=0", "--trainer.zero_init=true"]
     proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
@@ -166,3 +167,4 @@ def test_sigterm_writes_a_final_checkpoint_and_exits_cleanly(tmp_path, tiny_worl
     latest = (run_dir / "checkpoints" / "latest").read_text()
     assert latest == f"step_{step:08d}" and (run_dir / "checkpoints" / latest / "COMPLETE").is_file()
     assert "Traceback" not in out
+    assert_no_shm_leak(port)

@@ -11,16 +11,20 @@ import torch.distributed as dist
 
 def init_distributed() -> None:
     """Join the process group DeepSpeed's launcher set up (gloo on CPU, NCCL on CUDA); a plain
-    ``python launcher/pretrain.py`` runs as a world of one."""
-    if dist.is_initialized():
-        return
-    os.environ.setdefault("RANK", "0")
-    os.environ.setdefault("LOCAL_RANK", "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    ``python launcher/pretrain.py`` runs as a world of one. A torch process group made by someone
+    else (Ray Train) is adopted: DeepSpeed's communication layer is still set up here, so that the
+    shared memory it creates on CPU is released (``deepspeed.initialize`` would create it too)."""
     import deepspeed  # deferred: importing deepspeed probes accelerators (slow)
+    import deepspeed.comm as ds_comm
 
+    if ds_comm.is_initialized():
+        return
+    if not dist.is_initialized():
+        os.environ.setdefault("RANK", "0")
+        os.environ.setdefault("LOCAL_RANK", "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
     deepspeed.init_distributed(verbose=False)
     _unlink_shm_allreduce_buffers()
 

@@ -87,9 +87,9 @@ def train(checkpointing: bool, steps: int = 3) -> tuple[list[float], dict[str, l
 
 
 def main() -> None:
-    import deepspeed
+    from trainer.distributed import init_distributed
 
-    deepspeed.init_distributed(dist_backend="gloo")
+    init_distributed()  # gloo on CPU; also releases DeepSpeed's /dev/shm segments
     out = {}
     for mode in (False, True):
         losses, weights, forwards = train(mode)

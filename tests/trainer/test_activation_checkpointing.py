@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, assert_no_shm_leak, free_port
 from trainer.activation_checkpointing import apply_activation_checkpointing, is_checkpointed, select_blocks
 from trainer.flops import count_flops
 
@@ -107,11 +107,13 @@ def test_zero3_nonreentrant_checkpointing_with_frozen_params(tmp_path):
     import subprocess
 
     out = tmp_path / "ac.json"
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
+    port = free_port()
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(port),
            str(REPO / "tests" / "trainer" / "ac_zero3_job.py"), str(out)]
     proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert_no_shm_leak(port)
     res = json.loads(out.read_text())
     plain, ckpt = res["plain"], res["checkpointed"]
     assert ckpt["block_forwards"] == 2 * plain["block_forwards"]  # recomputation happened
