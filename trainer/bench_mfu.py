@@ -2,6 +2,7 @@
 
     python -m trainer.bench_mfu --recipe lara --full-size [--micro-batch 8] [--steps 10] [--out bench/results/x.json]
     deepspeed --num_gpus 8 trainer/bench_mfu.py --recipe lara --full-size      (ZeRO-3 across 8 GPUs)
+    python -m trainer.bench_mfu --recipe baseline --full-size --flops-only --micro-batch 1   (FLOPs only, CPU)
 
 Builds the recipe's module exactly as training does (``trainer.engine.build_engine``: one
 DeepSpeed engine, frozen towers frozen, optional activation checkpointing), feeds batches of the
@@ -134,8 +135,13 @@ def bench(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--precision", default="bf16" if torch.cuda.is_available() else "fp32")
     parser.add_argument("--config", default=str(QUICKSTART), help="base recipe YAML")
     parser.add_argument("--out", default="", help="also write the result JSON here")
+    parser.add_argument("--flops-only", action="store_true",
+                        help="count the FLOPs of one forward + backward of the bare model (no DeepSpeed, no "
+                             "optimizer, no timing): the device-independent part, affordable on a CPU")
     args, overrides = parser.parse_known_args(argv)
     overrides = [a for a in overrides if not a.startswith("--local_rank")]
+    if args.flops_only:
+        return _flops_only(args, overrides)
 
     from trainer import distributed as dist_utils
     from trainer.config_io import load_config
@@ -208,6 +214,38 @@ def bench(argv: list[str]) -> dict[str, Any]:
         if args.out:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _flops_only(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
+    from model.factory import build_model
+    from trainer.config_io import load_config
+    from trainer.flops import count_flops, forward_flops_by_child
+    from trainer.provenance import provenance
+
+    preset = full_size_overrides(args.recipe) if args.full_size else []
+    cfg = load_config(["--config", args.config, f"--model.type={args.recipe}", *preset,
+                       "--data.synthetic.enabled=false", *overrides])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, cfg.data).train()
+    gen = torch.Generator().manual_seed(0)
+    batch = random_batch(cfg, args.micro_batch, torch.device("cpu"), gen)
+    with count_flops() as counted:
+        loss, _ = model(batch)
+        loss.backward()
+    total = counted().total
+    result = {
+        "recipe": args.recipe, "full_size": args.full_size, "micro_batch": args.micro_batch,
+        "params": sum(p.numel() for p in model.parameters()),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "flops_per_step": total, "flops_per_sample": total / args.micro_batch,
+        "forward_flops_by_module": forward_flops_by_child(model, lambda: model(batch)),
+        "torch": torch.__version__, **provenance("trainer.bench_mfu", None),
+    }
+    print(json.dumps(result, indent=2))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 

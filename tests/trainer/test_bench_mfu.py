@@ -54,3 +54,13 @@ def test_tiny_cpu_run_reports_json(tmp_path):
     # forward is about a third of forward + backward (frozen towers have no weight gradients: more)
     assert 0.25 < sum(split.values()) / res["flops_per_step_per_device"] < 0.5
     assert res["git_commit"] and res["command"].startswith("python -m trainer.bench_mfu --recipe lara")
+
+
+def test_flops_only_counts_the_bare_model(tmp_path):
+    from trainer.bench_mfu import bench
+
+    res = bench(["--recipe", "lara", "--flops-only", "--micro-batch", "2", "--out", str(tmp_path / "f.json")])
+    assert json.loads((tmp_path / "f.json").read_text()) == res
+    assert res["flops_per_sample"] * 2 == res["flops_per_step"] > 0 and 0 < res["trainable_params"] <= res["params"]
+    forward = sum(res["forward_flops_by_module"].values())
+    assert 0.25 < forward / res["flops_per_step"] < 0.5 and res["forward_flops_by_module"]["lam"] > 0
