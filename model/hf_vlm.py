@@ -228,6 +228,7 @@ class HFVLMBackbone(VLBackbone):
         self.dim = int(text.hidden_size)
         self.num_layers = int(text.num_hidden_layers)
         self.image_token_id = self._image_token_id(model)
+        self.vision_token_ids = self._vision_ids()
         self.model: nn.Module = model
         self._peft = False
         self.new_tokens: list[str] = []
@@ -453,15 +454,19 @@ class HFVLMBackbone(VLBackbone):
         second = is_img & (is_img.cumsum(1) > per_row // 2)
         return second & ~has_wrist.to(ids.device)[:, None]
 
-    def _text_targets(self, ids: Tensor, attn: Tensor, is_query: Tensor) -> Tensor:
-        """[B,T] True at the prompt's text tokens: attended, not a query, not an image or vision marker."""
+    def _vision_ids(self) -> list[int]:
+        """Ids of the image token and the vision markers this tokenizer has (never text targets)."""
         vision = {self.image_token_id}
         for token in ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|video_pad|>", "<image>"):
             tid = self.tokenizer.convert_tokens_to_ids(token)
             if isinstance(tid, int) and tid != self.tokenizer.unk_token_id:
                 vision.add(tid)
         vision.discard(None)
-        is_vision = torch.isin(ids, torch.tensor(sorted(vision), device=ids.device, dtype=ids.dtype))
+        return sorted(vision)
+
+    def _text_targets(self, ids: Tensor, attn: Tensor, is_query: Tensor) -> Tensor:
+        """[B,T] True at the prompt's text tokens: attended, not a query, not an image or vision marker."""
+        is_vision = torch.isin(ids, torch.tensor(self.vision_token_ids, device=ids.device, dtype=ids.dtype))
         return attn & ~is_query & ~is_vision & (ids != self.placeholder_id)
 
     def forward(self, batch: dict[str, Any], num_queries: int = 0, return_query_logits: bool = False,

@@ -35,32 +35,30 @@ if __package__ in (None, ""):  # run as a script by the deepspeed launcher
 import torch
 
 MOTO_LAM = [
-    # Moto's latent motion tokenizer (LARA's LAM): M-Former 768 x 4 over 8 queries and both frames'
-    # tokens, 8 x 32 latent, 128 straight-through codes, a 12-layer ViT decoder over x_t's patches
-    # that re-renders x_{t+H} (no residual).
+    # Moto's latent motion tokenizer (LARA's LAM): a frozen ViT-MAE-Large-sized encoder at 224 px /
+    # patch 16, M-Former 768 x 4 over 8 queries and both frames' tokens, 8 x 32 latent, 128
+    # straight-through codes, a 12-layer ViT decoder over x_t's patches that re-renders x_{t+H}.
+    "--model.lam.image_size=224", "--model.lam.patch_size=16", "--model.lam.encoder.dim=1024",
+    "--model.lam.encoder.depth=24", "--model.lam.encoder.heads=16", "--model.lam.encoder.frozen=true",
     "--model.lam.dim=768", "--model.lam.depth=4", "--model.lam.heads=12", "--model.lam.num_queries=8",
     "--model.lam.mformer_target=frame", "--model.lam.latent_dim=32", "--model.lam.quantizer.kind=st",
     "--model.lam.quantizer.num_codes=128", "--model.lam.decoder=vit", "--model.lam.decoder_dim=768",
     "--model.lam.decoder_depth=12", "--model.lam.decoder_heads=12", "--model.lam.decoder_residual=false",
 ]
-"""Full-size overrides of the Moto-style LAM (../shared/anchors/models.md section 4), after the encoder's."""
+"""Full-size overrides of the Moto-style LAM (../shared/anchors/models.md section 4)."""
 
 FULL_SIZE: dict[str, list[str]] = {
     "lara": [
         "--data.image_size=224", "--data.action_horizon=16", "--data.max_action_dim=32", "--data.max_proprio_dim=64",
         "--model.backbone.image_size=224", "--model.backbone.patch_size=16", "--model.backbone.dim=2048",
         "--model.backbone.depth=12", "--model.backbone.heads=16", "--model.backbone.frozen=true",
-        "--model.lam.image_size=224", "--model.lam.patch_size=16", "--model.lam.encoder.dim=1024",
-        "--model.lam.encoder.depth=24", "--model.lam.encoder.heads=16", "--model.lam.encoder.frozen=true",
         *MOTO_LAM,
         "--model.head.action_horizon=16", "--model.head.action_dim=32", "--model.head.proprio_dim=64",
         "--model.head.num_embodiments=32", "--model.head.hidden_dim=1024", "--model.head.dim=1536",
         "--model.head.depth=16", "--model.head.heads=32", "--model.head.output_dim=1024",
     ],
     "lam": [
-        "--data.image_size=224", "--model.lam.image_size=224", "--model.lam.patch_size=16",
-        "--model.lam.encoder.dim=1024", "--model.lam.encoder.depth=24", "--model.lam.encoder.heads=16",
-        "--model.lam.encoder.frozen=true", *MOTO_LAM,
+        "--data.image_size=224", *MOTO_LAM,
     ],
 }
 """Per recipe: overrides that turn the default (tiny) recipe into its full-size architecture.
@@ -141,10 +139,9 @@ def bench(argv: list[str]) -> dict[str, Any]:
     args, overrides = parser.parse_known_args(argv)
     overrides = [a for a in overrides if not a.startswith("--local_rank")]
     if args.flops_only:
-        return _flops_only(args, overrides)
+        return _flops_only(args, overrides, argv)
 
     from trainer import distributed as dist_utils
-    from trainer.config_io import load_config
     from trainer.engine import build_engine
     from trainer.flops import count_flops, device_peak_flops, forward_flops_by_child
     from trainer.provenance import provenance
@@ -152,14 +149,10 @@ def bench(argv: list[str]) -> dict[str, Any]:
 
     dist_utils.init_distributed()
     world = dist_utils.world_size()
-    preset = full_size_overrides(args.recipe) if args.full_size else []
-    if args.full_size and not preset:
-        raise SystemExit(f"no full-size preset for recipe {args.recipe!r}; pass --model.* overrides instead")
-    cfg = load_config(["--config", args.config, f"--model.type={args.recipe}", *preset,
-                       f"--trainer.micro_batch_size={args.micro_batch}",
-                       f"--trainer.global_batch_size={args.micro_batch * world}",
-                       f"--trainer.precision={args.precision}", "--trainer.max_steps=1000000",
-                       "--data.synthetic.enabled=false", *overrides])
+    cfg = _recipe_config(args, [f"--trainer.micro_batch_size={args.micro_batch}",
+                                f"--trainer.global_batch_size={args.micro_batch * world}",
+                                f"--trainer.precision={args.precision}", "--trainer.max_steps=1000000",
+                                *overrides])
     engine, _ = build_engine(cfg, world)
     engine.train()
     gen = torch.Generator().manual_seed(dist_utils.rank())
@@ -210,22 +203,34 @@ def bench(argv: list[str]) -> dict[str, Any]:
         "torch": torch.__version__, **provenance("trainer.bench_mfu", argv),
     }
     if dist_utils.is_main():
-        print(json.dumps(result, indent=2))
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        _report(result, args.out)
     return result
 
 
-def _flops_only(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
-    from model.factory import build_model
+def _recipe_config(args: argparse.Namespace, overrides: list[str]) -> Any:
+    """The base YAML switched to ``--recipe``, its full-size preset if asked, no synthetic data."""
     from trainer.config_io import load_config
+
+    preset = full_size_overrides(args.recipe) if args.full_size else []
+    if args.full_size and not preset:
+        raise SystemExit(f"no full-size preset for recipe {args.recipe!r}; pass --model.* overrides instead")
+    return load_config(["--config", args.config, f"--model.type={args.recipe}", *preset,
+                        "--data.synthetic.enabled=false", *overrides])
+
+
+def _report(result: dict[str, Any], out: str) -> None:
+    print(json.dumps(result, indent=2))
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _flops_only(args: argparse.Namespace, overrides: list[str], argv: list[str]) -> dict[str, Any]:
+    from model.factory import build_model
     from trainer.flops import count_flops, forward_flops_by_child
     from trainer.provenance import provenance
 
-    preset = full_size_overrides(args.recipe) if args.full_size else []
-    cfg = load_config(["--config", args.config, f"--model.type={args.recipe}", *preset,
-                       "--data.synthetic.enabled=false", *overrides])
+    cfg = _recipe_config(args, overrides)
     torch.manual_seed(0)
     model = build_model(cfg.model, cfg.data).train()
     gen = torch.Generator().manual_seed(0)
@@ -240,12 +245,9 @@ def _flops_only(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "flops_per_step": total, "flops_per_sample": total / args.micro_batch,
         "forward_flops_by_module": forward_flops_by_child(model, lambda: model(batch)),
-        "torch": torch.__version__, **provenance("trainer.bench_mfu", None),
+        "torch": torch.__version__, **provenance("trainer.bench_mfu", argv),
     }
-    print(json.dumps(result, indent=2))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    _report(result, args.out)
     return result
 
 

@@ -60,7 +60,7 @@ def test_flops_only_counts_the_bare_model(tmp_path):
     from trainer.bench_mfu import bench
 
     res = bench(["--recipe", "lara", "--flops-only", "--micro-batch", "2", "--out", str(tmp_path / "f.json")])
-    assert json.loads((tmp_path / "f.json").read_text()) == res
+    assert json.loads((tmp_path / "f.json").read_text()) == res and "--flops-only" in res["command"]
     assert res["flops_per_sample"] * 2 == res["flops_per_step"] > 0 and 0 < res["trainable_params"] <= res["params"]
     forward = sum(res["forward_flops_by_module"].values())
     assert 0.25 < forward / res["flops_per_step"] < 0.5 and res["forward_flops_by_module"]["lam"] > 0
