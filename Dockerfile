@@ -1,8 +1,8 @@
 # GPU training image, one for every launcher:
-#   SLURM + pyxis/enroot:  python -m launcher.slurm ... --container-image <this image>
+#   SLURM + pyxis/enroot:  python -m lavla.launcher.slurm ... --container-image <this image>
 #                          (srun runs each step in the image; the code is at /workspace/latent-vla)
 #   Ray:                   docker run --gpus all --network host --shm-size 32g <image> ray start --head --block
-#                          then: python -m launcher.ray_job --address <head>:6379 ...
+#                          then: python -m lavla.launcher.ray_job --address <head>:6379 ...
 #   one node:              docker run --gpus all --shm-size 32g <image> \
 #                              deepspeed launcher/pretrain.py --config configs/quickstart.yaml
 #
@@ -33,11 +33,13 @@ RUN apt-get update && apt-get install -y --no-install-recommends \
     pip install --upgrade pip
 
 # Heavy pinned dependencies first: this layer survives source changes. torch goes first so no
-# later resolver picks another build.
-RUN pip install "torch==2.13.0" && \
-    pip install "deepspeed==0.19.8" "ray[default,train]==2.60.0" "flash-attn-4[cu13]==4.0.0b36"
-
+# later resolver picks another build; every other version comes from the lock (make lock).
 WORKDIR /workspace/latent-vla
+COPY requirements.lock ./
+RUN pip install "torch==2.13.0" && \
+    pip install --constraint requirements.lock "deepspeed==0.19.8" "ray[default,train]==2.60.0" \
+        "flash-attn-4[cu13]==4.0.0b36"
+
 COPY pyproject.toml README.md ./
 COPY launcher launcher
 COPY model model
@@ -46,8 +48,9 @@ COPY kernels kernels
 COPY trainer trainer
 COPY configs configs
 # No rlds extra: TensorFlow is the tests' reference reader, never on the training path.
-RUN pip install -e ".[gpu,video,ray,hf,wandb]"
+RUN pip install --constraint requirements.lock -e ".[gpu,video,ray,hf,wandb]" && \
+    python -c "import lavla.trainer.loop, lavla.model.factory"
 
 COPY docker/entrypoint.sh /usr/local/bin/lavla-entrypoint
 ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/lavla-entrypoint"]
-CMD ["python", "launcher/pretrain.py", "--help"]
+CMD ["lavla-pretrain", "--help"]

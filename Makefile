@@ -6,30 +6,50 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TEST_EXTRAS := dev,rlds,video,ray,hf,wandb
 RUN_EXTRAS := dev
+# Every transitive version, for every extra but `gpu` (its CUDA packages come with the image):
+# installs take their versions from it, so main does not change when a package releases.
+# `make lock` rewrites it from pyproject.toml's ranges (newest versions allowed today).
+LOCK := requirements.lock
+PIP_TOOLS := pip-tools==7.7.0
+# pip-compile runs in a venv of its own, so `make lock` never changes the project venv.
+LOCK_VENV := .cache/lock-venv
 # Extra flags for the quickstart, e.g. make quickstart ARGS="--trainer.max_steps=50"
 ARGS ?=
 # Ranks for the quickstart (DeepSpeed picks its CPU accelerator and gloo without a GPU).
 NUM_GPUS ?= 1
+# Rendezvous port of the quickstart: DeepSpeed's 29500 when free, else a free one.
+MASTER_PORT ?= $(shell $(PY) -m lavla.trainer.ports 29500)
 
-.PHONY: quickstart test install install-test clean-runs gpu-wheels
+.PHONY: quickstart test install install-test clean-runs gpu-wheels lock
 
-$(VENV)/.stamp-%: pyproject.toml
+$(VENV)/.stamp-%: pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch is pinned and installed first so no later resolver pulls a CUDA build
 	$(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[$*]"
+	$(PY) -m pip install -q --constraint $(LOCK) -e ".[$*]"
+	# DeepSpeed's CPU comm op is compiled now, not inside the first training job
+	$(PY) -m lavla.trainer.jit_ops
 	touch $@
 
 install: $(VENV)/.stamp-$(RUN_EXTRAS)
 install-test: $(VENV)/.stamp-$(TEST_EXTRAS)
 
 quickstart: install
-	PATH="$(abspath $(VENV))/bin:$$PATH" deepspeed --num_gpus $(NUM_GPUS) launcher/pretrain.py \
-		--config configs/quickstart.yaml --resume=auto $(ARGS)
+	PATH="$(abspath $(VENV))/bin:$$PATH" deepspeed --num_gpus $(NUM_GPUS) --master_port $(MASTER_PORT) \
+		launcher/pretrain.py --config configs/quickstart.yaml --resume=auto $(ARGS)
 
 test: install-test
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q
+
+# Re-resolve every version pyproject.toml allows (torch stays pyproject's exact pin, outside the
+# lock, so the lock also constrains GPU images whose torch is a CUDA build).
+lock:
+	test -x $(LOCK_VENV)/bin/python || $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q "$(PIP_TOOLS)"
+	CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/python -m piptools compile --quiet --upgrade \
+		--strip-extras --unsafe-package torch --no-emit-index-url --no-emit-find-links \
+		--extra $(TEST_EXTRAS) -o $(LOCK) pyproject.toml
 
 clean-runs:
 	rm -rf runs/quickstart

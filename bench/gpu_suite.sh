@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU measurement the issues ask for, in one command on a lent H100/H200 (or any CUDA machine):
 #   1. the CUDA-only tests (pytest -m gpu): Triton kernel parity, attention backends, LARA on GPU
-#   2. python -m kernels.bench: fused codebook lookup vs the PyTorch reference, N=2^20, D=128, K=8/128/1024
-#   3. python -m trainer.bench_mfu --full-size: MFU and peak memory of LARA and the Pixels-to-Tokens baseline
+#   2. python -m lavla.kernels.bench: fused codebook lookup vs the PyTorch reference, N=2^20, D=128, K=8/128/1024
+#   3. python -m lavla.trainer.bench_mfu --full-size: MFU and peak memory of LARA and the Pixels-to-Tokens baseline
 # Results (JSON + logs) go to $RESULTS (default: $OUT when set, else bench/results/<date>_<device>/).
 #
 #   BENCH_COMMIT=$(git rev-parse HEAD) bash bench/gpu_suite.sh [tests|kernels|mfu ...]
@@ -20,7 +20,13 @@ if ! "$PY" -c "import deepspeed, draccus" 2>/dev/null && compgen -G ".whl/*" > /
         --upgrade --target /tmp/site .whl/* || exit 1
     export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 fi
-export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 DS_BUILD_OPS=0
+# The project imports as lavla.*: an image without it installed gets a plain copy (no dependencies).
+if ! "$PY" -c "import lavla.trainer.loop" 2>/dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --upgrade \
+        --target /tmp/lavla-site . || exit 1
+    export PYTHONPATH="/tmp/lavla-site:${PYTHONPATH:-}"
+fi
+export PYTHONUNBUFFERED=1 DS_BUILD_OPS=0
 
 DEVICE=$("$PY" -c "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')")
 CUDA=$([ "$DEVICE" = cpu ] && echo 0 || echo 1)
@@ -40,14 +46,14 @@ for step in "${STEPS[@]}"; do
         [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
     kernels)
         if [ "$CUDA" = 1 ]; then args=(--n 1048576); else args=(--cpu-n 16384 --repeats 3); fi
-        "$PY" -m kernels.bench "${args[@]}" --d 128 --k 8 128 1024 --dtype bf16 --out "$RESULTS/codebook_lookup.json" \
+        "$PY" -m lavla.kernels.bench "${args[@]}" --d 128 --k 8 128 1024 --dtype bf16 --out "$RESULTS/codebook_lookup.json" \
             2>&1 | tee "$RESULTS/codebook_lookup.log"
         [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
     mfu)
         for recipe in lara baseline; do
             if [ "$CUDA" = 1 ]; then args=(--full-size --micro-batch "${MICRO_BATCH:-8}" --steps 10 --warmup 3)
             else args=(--micro-batch 2 --steps 1 --warmup 1); fi
-            "$PY" -m trainer.bench_mfu --recipe $recipe "${args[@]}" --out "$RESULTS/mfu_$recipe.json" \
+            "$PY" -m lavla.trainer.bench_mfu --recipe $recipe "${args[@]}" --out "$RESULTS/mfu_$recipe.json" \
                 2>&1 | tee "$RESULTS/mfu_$recipe.log"
             [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
         done ;;

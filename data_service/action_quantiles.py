@@ -40,9 +40,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from data_service.config import DataConfig
-from data_service.errors import DataError
-from data_service.plan import keyed_permutation
+from lavla.data_service.config import DataConfig
+from lavla.data_service.errors import DataError
+from lavla.data_service.plan import keyed_permutation
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,8 @@ def _pick(n: int, m: int, *key: int) -> np.ndarray:
 
 def _robot_sources(data_cfg: DataConfig) -> list[tuple[int, Any]]:
     """(mixture position, opened source) of every dataset with actions."""
-    from data_service.registry import get_spec
-    from data_service.sources import open_source
+    from lavla.data_service.registry import get_spec
+    from lavla.data_service.sources import open_source
 
     out = []
     for pos, entry in enumerate(data_cfg.datasets):
@@ -89,8 +89,8 @@ def _robot_sources(data_cfg: DataConfig) -> list[tuple[int, Any]]:
 def sample_actions(data_cfg: DataConfig, max_samples: int = 100_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Normalized, padded actions ``[M, A]`` of sampled robot transitions and their ``[M, A]``
     validity (see the module doc). Deterministic given ``seed``."""
-    from data_service.stats import Normalizer
-    from data_service.windowing import _pad
+    from lavla.data_service.stats import Normalizer
+    from lavla.data_service.windowing import _pad
 
     if max_samples < 1:
         raise ValueError(f"max_samples must be >= 1, got {max_samples}")

@@ -1,6 +1,6 @@
 """Reader throughput: our RLDS reader vs tf.data/TFDS, and the video source (PyAV vs zarr cache).
 
-    python -m data_service.bench [--rlds PATH] [--videos DIR ...] [--seconds N]
+    python -m lavla.data_service.bench [--rlds PATH] [--videos DIR ...] [--seconds N]
 
 Without inputs it generates the synthetic world (200 episodes by default) and its human-style
 videos into a temp dir, and builds their frame cache, so the command runs standalone.
@@ -91,13 +91,13 @@ def _decode_rgb(data: bytes) -> np.ndarray:
 
 
 def image_keys(path: Path) -> list[str]:
-    from data_service.rlds import RLDSDataset
+    from lavla.data_service.rlds import RLDSDataset
 
     return sorted(k for k, f in RLDSDataset(path).step_features.items() if f.kind == "image")
 
 
 def bench_rlds(path: Path, split: str, seconds: float) -> Rate:
-    from data_service.rlds import RLDSDataset
+    from lavla.data_service.rlds import RLDSDataset
 
     ds = RLDSDataset(path)
     n = ds.num_episodes(split)
@@ -155,7 +155,7 @@ def tfds_child(path: Path, split: str, seconds: float) -> Rate:
 
 def run_tfds_child(path: Path, split: str, seconds: float) -> Rate | str:
     """The reference measured in a child process; a reason string when it cannot run."""
-    cmd = [sys.executable, "-m", "data_service.bench", "tfds-child", "--rlds", str(path), "--split", split,
+    cmd = [sys.executable, "-m", "lavla.data_service.bench", "tfds-child", "--rlds", str(path), "--split", split,
            "--seconds", str(seconds)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600 + 4 * seconds)
@@ -170,9 +170,9 @@ def run_tfds_child(path: Path, split: str, seconds: float) -> Rate | str:
 
 
 def _video_source(root: Path, spec_name: str, size: int, *, use_cache: bool) -> object:
-    from data_service.config import DataConfig, DatasetEntry
-    from data_service.registry import get_spec
-    from data_service.video import VideoSource
+    from lavla.data_service.config import DataConfig, DatasetEntry
+    from lavla.data_service.registry import get_spec
+    from lavla.data_service.video import VideoSource
 
     cfg = DataConfig(datasets=[DatasetEntry(name=spec_name, path=str(root))], image_size=size,
                      on_bad_sample="skip")
@@ -183,7 +183,7 @@ def _video_source(root: Path, spec_name: str, size: int, *, use_cache: bool) -> 
 
 
 def bench_video(root: Path, spec_name: str, size: int, seconds: float, *, use_cache: bool) -> list[Rate]:
-    from data_service.video_io import read_all
+    from lavla.data_service.video_io import read_all
 
     src = _video_source(root, spec_name, size, use_cache=use_cache)
     usable = np.flatnonzero(src.episode_lengths > 0)  # type: ignore[attr-defined]
@@ -219,9 +219,9 @@ def bench_video(root: Path, spec_name: str, size: int, seconds: float, *, use_ca
 
 
 def generate_inputs(out: Path, episodes: int, size: int, *, cache: bool) -> tuple[Path, Path]:
-    from data_service.config import SyntheticDataConfig
-    from data_service.prepare import prepare_cache
-    from data_service.synthetic import generate_synthetic_human_video, generate_synthetic_world
+    from lavla.data_service.config import SyntheticDataConfig
+    from lavla.data_service.prepare import prepare_cache
+    from lavla.data_service.synthetic import generate_synthetic_human_video, generate_synthetic_world
 
     cfg = SyntheticDataConfig(enabled=True, root=str(out), train_episodes=episodes, val_episodes=0, image_size=size)
     t0 = time.perf_counter()
@@ -260,18 +260,18 @@ def ratio_line(ours: Rate, ref: Rate) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--service" in argv:  # the Ray data service vs a tf.data pipeline: data_service.service_bench
-        from data_service.service_bench import main as service_main
+        from lavla.data_service.service_bench import main as service_main
 
         return service_main([x for x in argv if x != "--service"])
     if argv[:1] == ["tfds-child"]:
-        p = argparse.ArgumentParser(prog="python -m data_service.bench tfds-child")
+        p = argparse.ArgumentParser(prog="python -m lavla.data_service.bench tfds-child")
         p.add_argument("--rlds", required=True)
         p.add_argument("--split", default="train")
         p.add_argument("--seconds", type=float, default=5.0)
         a = p.parse_args(argv[1:])
         print(json.dumps(asdict(tfds_child(Path(a.rlds), a.split, a.seconds))))
         return 0
-    p = argparse.ArgumentParser(prog="python -m data_service.bench", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m lavla.data_service.bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rlds", help="TFDS version dir of an RLDS dataset (default: a generated synthetic world)")
     p.add_argument("--split", default="train", help="RLDS split (default train)")
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
                 got_cache = bench_video(v, a.video_spec, a.size, a.seconds, use_cache=True)
                 rates += got_cache
                 if not got_cache:
-                    notes.append(f"{v}: no complete frames.zarr (build it with python -m data_service.prepare)")
+                    notes.append(f"{v}: no complete frames.zarr (build it with python -m lavla.data_service.prepare)")
         print(format_table(rates))
         if ours is not None and ref is not None:
             print("\n" + ratio_line(ours, ref))

@@ -20,7 +20,7 @@ class DatasetEntry:
     annotations: str = ""
     """Video datasets: annotation file (SSv2 JSON or ``path,instruction`` CSV); empty finds it under ``path``."""
     frame_cache: str = ""
-    """Video datasets: zarr frame cache from ``python -m data_service.prepare``; empty uses ``<path>/frames.zarr`` if present."""
+    """Video datasets: zarr frame cache from ``python -m lavla.data_service.prepare``; empty uses ``<path>/frames.zarr`` if present."""
 
 
 @dataclass
@@ -62,7 +62,7 @@ class DataConfig:
     max_proprio_dim: int = 8
     """P: proprio vectors are zero-padded to this many dims (with ``proprio_dim_mask``)."""
     latent_labels: str = ""
-    """Latent-label store (zarr, ``python -m launcher.annotate_latents``): every sample then carries
+    """Latent-label store (zarr, ``python -m lavla.launcher.annotate_latents``): every sample then carries
     ``latent_ids``/``latent_emb``/``latent_valid``/``has_latent`` for its action-chunk steps (see
     ``data_service.schema``). Empty: no latent keys in batches."""
     latent_cache_mb: int = 256
@@ -96,7 +96,7 @@ class DataConfig:
     share it. Empty: derived from the run's rendezvous and the plan, so runs never share one."""
     actor_lifetime: str = "job"
     """``job``: decoders die with the trainer; ``detached``: they outlive it (a long-lived service,
-    removed with ``python -m data_service.ray_service --shutdown NAME``)."""
+    removed with ``python -m lavla.data_service.ray_service --shutdown NAME``)."""
     worker_cpus: float = 1.0
     """CPUs Ray reserves per decoder actor."""
     max_request_retries: int = 5

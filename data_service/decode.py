@@ -13,7 +13,7 @@ from typing import Callable, Hashable
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from data_service.errors import DataError
+from lavla.data_service.errors import DataError
 
 try:
     import cv2

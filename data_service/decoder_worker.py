@@ -16,10 +16,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from data_service.cache import stable_hash
-from data_service.config import DataConfig
-from data_service.plan import SamplePlan
-from data_service.reader import MakeSample, SampleReader, stack_samples
+from lavla.data_service.cache import stable_hash
+from lavla.data_service.config import DataConfig
+from lavla.data_service.plan import SamplePlan
+from lavla.data_service.reader import MakeSample, SampleReader, stack_samples
 
 # DataConfig fields that change who decodes or how results travel, never what a sample holds;
 # everything else (including fields added later) is part of the service identity.

@@ -36,9 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from data_service.config import DataConfig
-from data_service.errors import DataError
-from data_service.latent_store import LatentStore
+from lavla.data_service.config import DataConfig
+from lavla.data_service.errors import DataError
+from lavla.data_service.latent_store import LatentStore
 
 log = logging.getLogger(__name__)
 

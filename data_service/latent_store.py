@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from data_service.cache import atomic_write_json
-from data_service.errors import DataError
+from lavla.data_service.cache import atomic_write_json
+from lavla.data_service.errors import DataError
 
 try:  # the [video] extra
     import zarr

@@ -21,10 +21,10 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from data_service.data_stats import DataStats
-from data_service.plan import PLAN_VERSION, PlanDataset, SamplePlan
-from data_service.reader import SampleReader, stack_samples
-from data_service.schema import OPTIONAL_TENSOR_KEYS, TENSOR_KEYS
+from lavla.data_service.data_stats import DataStats
+from lavla.data_service.plan import PLAN_VERSION, PlanDataset, SamplePlan
+from lavla.data_service.reader import SampleReader, stack_samples
+from lavla.data_service.schema import OPTIONAL_TENSOR_KEYS, TENSOR_KEYS
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ flags for hydra / mutex / fanuc come from a LeRobot report (#435) and apply to b
 
 from __future__ import annotations
 
-from data_service.dataset_spec import DatasetSpec, lam_stride_for
+from lavla.data_service.dataset_spec import DatasetSpec, lam_stride_for
 
 EMBODIMENTS: dict[str, int] = {
     "synthetic": 0,

@@ -1,6 +1,6 @@
 """Build a zarr v3 frame cache from a video dataset (resumable).
 
-    python -m data_service.prepare --videos DIR --annotations FILE [--out CACHE.zarr] [--size 64]
+    python -m lavla.data_service.prepare --videos DIR --annotations FILE [--out CACHE.zarr] [--size 64]
 
 Every annotated clip is decoded sequentially once (no seeks), resized/cropped to ``size`` and
 written as one shard (see :mod:`data_service.zarr_cache`). Clips already recorded in the cache's
@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from data_service.errors import DataError
-from data_service.video_annotations import Clip, load_annotations
-from data_service.video_io import VideoInfo, iter_frames, probe, read_all
-from data_service.zarr_cache import FrameCacheWriter
+from lavla.data_service.errors import DataError
+from lavla.data_service.video_annotations import Clip, load_annotations
+from lavla.data_service.video_io import VideoInfo, iter_frames, probe, read_all
+from lavla.data_service.zarr_cache import FrameCacheWriter
 
 FAILED = "failed.jsonl"
 
@@ -138,7 +138,7 @@ def _write_failures(out: Path, failures: list[dict[str, str]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m data_service.prepare", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m lavla.data_service.prepare", description=__doc__.split("\n\n")[0])
     p.add_argument("--videos", required=True, help="directory the annotation paths/ids are relative to")
     p.add_argument("--annotations", required=True, help="SSv2 JSON (id/label/template) or CSV with path,instruction")
     p.add_argument("--out", help="cache to create or resume (default: VIDEOS/frames.zarr, found by the video source)")

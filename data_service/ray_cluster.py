@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from data_service.cache import atomic_write_json, user_cache_dir
-from data_service.config import DataConfig
+from lavla.data_service.cache import atomic_write_json, user_cache_dir
+from lavla.data_service.config import DataConfig
 
 log = logging.getLogger(__name__)
 

@@ -31,14 +31,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from data_service.config import DataConfig
-from data_service.decoder_worker import DecodeRecipe, DecoderWorker
-from data_service.errors import DataError
-from data_service.loader import ClientBase, to_torch
-from data_service.plan import SamplePlan
-from data_service.ray_cluster import RaySession, connect, import_ray, job_key, worker_runtime_env
-from data_service.reader import MakeSample
-from data_service.schema import LIST_KEYS, tensor_keys
+from lavla.data_service.config import DataConfig
+from lavla.data_service.decoder_worker import DecodeRecipe, DecoderWorker
+from lavla.data_service.errors import DataError
+from lavla.data_service.loader import ClientBase, to_torch
+from lavla.data_service.plan import SamplePlan
+from lavla.data_service.ray_cluster import RaySession, connect, import_ray, job_key, worker_runtime_env
+from lavla.data_service.reader import MakeSample
+from lavla.data_service.schema import LIST_KEYS, tensor_keys
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class DecoderPool:
                     f"decoder {self.actor_name(slot)!r} in Ray namespace {self.namespace!r} belongs to a different "
                     f"plan or decode setting (its identity {d['identity']}, ours {self.identity}). Another run uses "
                     "this data.service_name: choose another, or remove it with "
-                    f"`python -m data_service.ray_service --shutdown {self.name}`.")
+                    f"`python -m lavla.data_service.ray_service --shutdown {self.name}`.")
         return described
 
     def slot_for(self, dataset: int, episode: int) -> int:
@@ -314,8 +314,8 @@ def build_ray_client(plan: SamplePlan, sources: list[Any], normalizers: list[Any
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m data_service.ray_service --address ADDR [--list | --shutdown NAME]``."""
-    p = argparse.ArgumentParser(prog="python -m data_service.ray_service",
+    """``python -m lavla.data_service.ray_service --address ADDR [--list | --shutdown NAME]``."""
+    p = argparse.ArgumentParser(prog="python -m lavla.data_service.ray_service",
                                 description="Inspect or remove decoder services.")
     p.add_argument("--address", default="auto", help="Ray cluster address (default: auto)")
     p.add_argument("--namespace", default=DataConfig.ray_namespace)

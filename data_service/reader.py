@@ -12,12 +12,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from data_service.config import DataConfig
-from data_service.data_stats import DataStats
-from data_service.decode import DecodedFrameCache
-from data_service.errors import DataError
-from data_service.plan import SamplePlan
-from data_service.schema import LIST_KEYS, tensor_keys
+from lavla.data_service.config import DataConfig
+from lavla.data_service.data_stats import DataStats
+from lavla.data_service.decode import DecodedFrameCache
+from lavla.data_service.errors import DataError
+from lavla.data_service.plan import SamplePlan
+from lavla.data_service.schema import LIST_KEYS, tensor_keys
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class SampleReader:
         self._capacity = max(4, 2 * cfg.episode_group * len(sources))
         self.frame_cache = DecodedFrameCache(cfg.decoded_frame_cache_mb * 2**20)
         if latents is None and cfg.latent_labels:
-            from data_service.latent_labels import LatentLabels
+            from lavla.data_service.latent_labels import LatentLabels
 
             latents = LatentLabels.open(cfg, sources)
         self.latents = latents

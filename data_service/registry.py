@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import difflib
 
-from data_service.dataset_spec import EEF_POS_ABSOLUTE_MASK, EEF_R6_ABSOLUTE_MASK, DatasetSpec, lam_stride_for
-from data_service.oxe import EMBODIMENTS, OXE_MIXTURES, OXE_SPECS
+from lavla.data_service.dataset_spec import EEF_POS_ABSOLUTE_MASK, EEF_R6_ABSOLUTE_MASK, DatasetSpec, lam_stride_for
+from lavla.data_service.oxe import EMBODIMENTS, OXE_MIXTURES, OXE_SPECS
 
 __all__ = ["DatasetSpec", "EEF_POS_ABSOLUTE_MASK", "EEF_R6_ABSOLUTE_MASK", "EMBODIMENTS", "MIXTURES",
            "VIDEO_SPECS", "get_spec", "lam_stride_for", "register", "registered_names"]
@@ -68,7 +68,7 @@ def get_spec(name: str) -> DatasetSpec:
     except KeyError:
         close = difflib.get_close_matches(name, _REGISTRY, n=3)
         hint = f" Did you mean {close}?" if close else ""
-        raise KeyError(f"unknown dataset {name!r} (not in data_service.registry).{hint}") from None
+        raise KeyError(f"unknown dataset {name!r} (not in lavla.data_service.registry).{hint}") from None
 
 
 def registered_names() -> list[str]:

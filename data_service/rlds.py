@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from data_service.cache import cache_candidates, load_json_cache, stable_hash, store_json_cache
-from data_service.errors import DataError
-from data_service.example_proto import FeatureValue, decode_example
-from data_service.splits import SplitRange, resolve_split
-from data_service.tfds_meta import DatasetInfo, FeatureSpec, parse_dataset_info, parse_features, read_json
-from data_service.tfrecord import iter_records, read_record_at
+from lavla.data_service.cache import cache_candidates, load_json_cache, stable_hash, store_json_cache
+from lavla.data_service.errors import DataError
+from lavla.data_service.example_proto import FeatureValue, decode_example
+from lavla.data_service.splits import SplitRange, resolve_split
+from lavla.data_service.tfds_meta import DatasetInfo, FeatureSpec, parse_dataset_info, parse_features, read_json
+from lavla.data_service.tfrecord import iter_records, read_record_at
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data_service.example_proto import encode_example
-from data_service.tfds_meta import DatasetInfo, FeatureSpec, SplitInfo, dataset_info_dict, features_tree
-from data_service.tfrecord import TFRecordWriter
+from lavla.data_service.example_proto import encode_example
+from lavla.data_service.tfds_meta import DatasetInfo, FeatureSpec, SplitInfo, dataset_info_dict, features_tree
+from lavla.data_service.tfrecord import TFRecordWriter
 
 EpisodeDict = Mapping[str, "np.ndarray | list[bytes] | list[str] | str | bytes"]
 """One episode as flat keys -> values: step features stacked over T (images already encoded)."""

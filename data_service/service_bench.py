@@ -1,6 +1,6 @@
 """Data service throughput and memory against a tf.data/TFDS pipeline built the OpenVLA way.
 
-    python -m data_service.service_bench [--rlds PATH] [--episodes 256] [--seconds 10] [--workers 1,2]
+    python -m lavla.data_service.service_bench [--rlds PATH] [--episodes 256] [--seconds 10] [--workers 1,2]
 
 Without ``--rlds`` it generates a synthetic world into a temp dir, so it runs standalone. Every
 configuration runs in its own child process (TensorFlow never shares a process with torch, and
@@ -137,14 +137,14 @@ def measure(name: str, next_batch: Callable[[], int], seconds: float, t_start: f
 
 
 def _data_cfg(a: argparse.Namespace, workers: int) -> Any:
-    from data_service.config import DataConfig, DatasetEntry
+    from lavla.data_service.config import DataConfig, DatasetEntry
 
     return DataConfig(datasets=[DatasetEntry(path=a.rlds, split=a.split)], image_size=a.size,
                       action_horizon=a.horizon, num_workers=workers, prefetch_batches=a.prefetch)
 
 
 def run_ours(a: argparse.Namespace, workers: int, t_start: float, memory: PeakMemory) -> Result:
-    from data_service.pipeline import build_data
+    from lavla.data_service.pipeline import build_data
 
     bundle = build_data(_data_cfg(a, workers), rank=0, world_size=1, micro_batch_size=a.batch, grad_accum=1,
                         is_local_leader=True, barrier=lambda: None)
@@ -243,7 +243,7 @@ def child(argv: list[str]) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m data_service.service_bench", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m lavla.data_service.service_bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rlds", help="TFDS version dir of an RLDS dataset (default: a generated synthetic world)")
     p.add_argument("--split", default="train")
@@ -266,7 +266,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_child(a: argparse.Namespace, mode: str, stats: str, env: dict[str, str]) -> Result | str:
-    args = [sys.executable, "-m", "data_service.service_bench", "child", "--mode", mode, "--stats", stats,
+    args = [sys.executable, "-m", "lavla.data_service.service_bench", "child", "--mode", mode, "--stats", stats,
             "--rlds", a.rlds, "--split", a.split, "--size", str(a.size), "--horizon", str(a.horizon),
             "--batch", str(a.batch), "--prefetch", str(a.prefetch), "--seconds", str(a.seconds),
             "--warmup", str(a.warmup), "--buffer", str(a.buffer)]
@@ -281,9 +281,9 @@ def _run_child(a: argparse.Namespace, mode: str, stats: str, env: dict[str, str]
 def _prepare(a: argparse.Namespace, tmp: Path) -> str:
     """Generates the world if needed, computes its statistics (cached for the children) and
     writes what the tf.data reference needs to normalize like we do."""
-    from data_service.config import SyntheticDataConfig
-    from data_service.sources import open_source
-    from data_service.synthetic import generate_synthetic_world
+    from lavla.data_service.config import SyntheticDataConfig
+    from lavla.data_service.sources import open_source
+    from lavla.data_service.synthetic import generate_synthetic_world
 
     if not a.rlds:
         t0 = time.perf_counter()

@@ -44,7 +44,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from data_service.synthetic import (
+from lavla.data_service.synthetic import (
     DIRECTIONS,
     NAME,
     PLACES,

@@ -16,13 +16,13 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from data_service.cache import stable_hash
-from data_service.config import DataConfig, DatasetEntry
-from data_service.errors import DataError
-from data_service.registry import DatasetSpec, get_spec
-from data_service.rlds import RLDSDataset
-from data_service.standardize import StandardEpisode, standardize
-from data_service.stats import DatasetStatistics, cached_statistics, compute_statistics
+from lavla.data_service.cache import stable_hash
+from lavla.data_service.config import DataConfig, DatasetEntry
+from lavla.data_service.errors import DataError
+from lavla.data_service.registry import DatasetSpec, get_spec
+from lavla.data_service.rlds import RLDSDataset
+from lavla.data_service.standardize import StandardEpisode, standardize
+from lavla.data_service.stats import DatasetStatistics, cached_statistics, compute_statistics
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def open_source(entry: DatasetEntry, data_cfg: DataConfig) -> EpisodeSource:
     spec = get_spec(entry.name)
     kind = "video" if spec.is_video else "rlds"
     if kind == "video" and kind not in _OPENERS:
-        import data_service.video  # noqa: F401  (registers the video opener; keeps PyAV off the RLDS path)
+        import lavla.data_service.video  # noqa: F401  (registers the video opener; keeps PyAV off the RLDS path)
     if kind not in _OPENERS:
         raise NotImplementedError(f"{entry.name}: no opener registered for {kind!r} sources")
     if not Path(entry.path).exists():

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data_service.errors import DataError
-from data_service.registry import DatasetSpec
-from data_service.rlds import RawEpisode
+from lavla.data_service.errors import DataError
+from lavla.data_service.registry import DatasetSpec
+from lavla.data_service.rlds import RawEpisode
 
 
 @dataclass

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from data_service.cache import cache_candidates, load_json_cache, stable_hash, store_json_cache
+from lavla.data_service.cache import cache_candidates, load_json_cache, stable_hash, store_json_cache
 
 EPS = 1e-8
 """Denominator guard of every normalization mode (as OpenVLA)."""

@@ -16,7 +16,7 @@ The same episodes are also rendered as human-style video (a hand instead of the 
 action labels): mp4 clips and an annotation CSV under ``DIR/synthetic_human_video`` for the video
 source (:mod:`data_service.video`).
 
-CLI: ``python -m data_service.synthetic --out DIR`` writes ``DIR/synthetic_world/1.0.0`` and
+CLI: ``python -m lavla.data_service.synthetic --out DIR`` writes ``DIR/synthetic_world/1.0.0`` and
 ``DIR/synthetic_human_video`` (``--no-videos`` skips the latter).
 """
 
@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_service.config import SyntheticDataConfig
-from data_service.rlds_writer import RLDSWriter, encode_image, rlds_step_features
+from lavla.data_service.config import SyntheticDataConfig
+from lavla.data_service.rlds_writer import RLDSWriter, encode_image, rlds_step_features
 
 NAME = "synthetic_world"
 VERSION = "1.0.0"
@@ -629,7 +629,7 @@ def human_instruction(instruction: str) -> str:
 
 
 def _write_human_video(cfg: SyntheticDataConfig, out: Path) -> Path:
-    from data_service.video_io import write_video  # the [video] extra
+    from lavla.data_service.video_io import write_video  # the [video] extra
 
     videos = out / "videos"
     videos.mkdir(parents=True, exist_ok=True)
@@ -662,7 +662,7 @@ def generate_synthetic_human_video(cfg: SyntheticDataConfig) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     d = SyntheticDataConfig()
-    p = argparse.ArgumentParser(prog="python -m data_service.synthetic", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m lavla.data_service.synthetic", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="TFDS data_dir; the dataset goes to OUT/synthetic_world/1.0.0")
     p.add_argument("--train-episodes", type=int, default=d.train_episodes)
     p.add_argument("--val-episodes", type=int, default=d.val_episodes)

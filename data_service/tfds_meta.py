@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data_service.errors import DataError
+from lavla.data_service.errors import DataError
 
 STEPS = "steps"
 """The RLDS sequence-of-steps feature; its leaves hold one value per step."""
@@ -199,7 +199,7 @@ def parse_dataset_info(raw: dict[str, Any], *, source: Path | str = "dataset_inf
     return DatasetInfo(raw["name"], raw["version"], fmt, splits, raw.get("description", ""))
 
 
-def dataset_info_dict(info: DatasetInfo, *, module_name: str = "data_service.rlds_writer",
+def dataset_info_dict(info: DatasetInfo, *, module_name: str = "lavla.data_service.rlds_writer",
                       release_notes: dict[str, str] | None = None, citation: str = "") -> dict[str, Any]:
     """The ``dataset_info.json`` content TFDS writes for a generated dataset."""
     raw: dict[str, Any] = {

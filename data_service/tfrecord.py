@@ -20,7 +20,7 @@ from typing import BinaryIO
 
 import google_crc32c
 
-from data_service.errors import DataError
+from lavla.data_service.errors import DataError
 
 _HEADER = struct.Struct("<QI")  # length, masked crc of the length bytes
 _FOOTER = struct.Struct("<I")  # masked crc of the payload

@@ -11,7 +11,7 @@ H is set per clip from its frame rate: the registry's stride at the dataset's no
 ``spec.lam_stride / spec.control_hz`` seconds (about 0.6 s), times the clip's fps; the
 ``data.lam_stride`` override (frames) wins when set. A clip needs at least H + 1 frames.
 
-Frames come from the zarr frame cache (``python -m data_service.prepare``) when one is given and
+Frames come from the zarr frame cache (``python -m lavla.data_service.prepare``) when one is given and
 holds the clip, else straight from the video. Short clips are read whole on first use and kept
 with the episode (the sample plan draws all windows of an episode group close together); long
 ones are read per sample: two chunk reads from the cache, or a keyframe seek in the video.
@@ -41,18 +41,18 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from data_service.cache import cache_candidates, load_json_cache, stable_hash, store_json_cache
-from data_service.config import DataConfig, DatasetEntry
-from data_service.errors import DataError
-from data_service.registry import DatasetSpec
-from data_service.sources import EpisodeSource, register_opener
-from data_service.splits import resolve_split
-from data_service.standardize import StandardEpisode
-from data_service.stats import ArrayStats, DatasetStatistics, Normalizer
-from data_service.video_annotations import KNOWN_SPLITS, Clip, file_digest, find_split_file, load_annotations, split_names
-from data_service.video_io import VideoInfo, probe, read_all, read_frames
-from data_service.windowing import Sample
-from data_service.zarr_cache import FrameCache
+from lavla.data_service.cache import cache_candidates, load_json_cache, stable_hash, store_json_cache
+from lavla.data_service.config import DataConfig, DatasetEntry
+from lavla.data_service.errors import DataError
+from lavla.data_service.registry import DatasetSpec
+from lavla.data_service.sources import EpisodeSource, register_opener
+from lavla.data_service.splits import resolve_split
+from lavla.data_service.standardize import StandardEpisode
+from lavla.data_service.stats import ArrayStats, DatasetStatistics, Normalizer
+from lavla.data_service.video_annotations import KNOWN_SPLITS, Clip, file_digest, find_split_file, load_annotations, split_names
+from lavla.data_service.video_io import VideoInfo, probe, read_all, read_frames
+from lavla.data_service.windowing import Sample
+from lavla.data_service.zarr_cache import FrameCache
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_service.errors import DataError
+from lavla.data_service.errors import DataError
 
 SPLIT_FILE_PATTERNS = ("{split}.json", "{split}.csv", "labels/{split}.json", "annotations/{split}.json",
                        "annotations/{split}.csv", "something-something-v2-{split}.json")

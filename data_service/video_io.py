@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_service.errors import DataError
+from lavla.data_service.errors import DataError
 
 try:  # the [video] extra
     import av

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from data_service.config import DataConfig
-from data_service.decode import DecodedFrameCache, decode_image
-from data_service.errors import DataError
-from data_service.standardize import StandardEpisode
-from data_service.stats import Normalizer
+from lavla.data_service.config import DataConfig
+from lavla.data_service.decode import DecodedFrameCache, decode_image
+from lavla.data_service.errors import DataError
+from lavla.data_service.standardize import StandardEpisode
+from lavla.data_service.stats import Normalizer
 
 if TYPE_CHECKING:
-    from data_service.sources import EpisodeSource
+    from lavla.data_service.sources import EpisodeSource
 
 Sample = dict[str, "np.ndarray | str"]
 

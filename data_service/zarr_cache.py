@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from data_service.errors import DataError
+from lavla.data_service.errors import DataError
 
 try:  # the [video] extra
     import google_crc32c  # a zarr dependency (its crc32c codec)
@@ -281,7 +281,7 @@ class FrameCache:
         _require_zarr()
         self.path = Path(path)
         if not (self.path / "zarr.json").is_file():
-            raise DataError("frame cache not found (build it with python -m data_service.prepare)", file=self.path)
+            raise DataError("frame cache not found (build it with python -m lavla.data_service.prepare)", file=self.path)
         attrs = json.loads((self.path / "zarr.json").read_text(encoding="utf-8")).get("attributes", {})
         self.size = _check_attrs(self.path, attrs)
         """Side of the stored square frames."""

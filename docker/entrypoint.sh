@@ -3,7 +3,7 @@
 #
 #   docker run IMAGE deepspeed launcher/pretrain.py --config configs/quickstart.yaml
 #   docker run IMAGE ray start --head --block --port 6379
-#   docker run IMAGE python -m launcher.ray_job --config ... --address HEAD:6379
+#   docker run IMAGE python -m lavla.launcher.ray_job --config ... --address HEAD:6379
 #
 # Site settings (NCCL interfaces, proxies, wandb keys...) come from shell files mounted into
 # /etc/lavla/env.d/*.sh and from $LAVLA_ENV_FILE; nothing here is specific to one launcher.

@@ -1,6 +1,6 @@
 """Benchmark the nearest-code lookup: fused Triton kernel vs chunked reference vs naive cdist.
 
-    python -m kernels.bench [--n 1048576] [--d 128] [--k 8 128 1024] [--dtype bf16]
+    python -m lavla.kernels.bench [--n 1048576] [--d 128] [--k 8 128 1024] [--dtype bf16]
                             [--warmup 3] [--repeats 10] [--out bench/results/....json]
 
 For every K it reports, per method, the median time (CUDA events after warmup; wall clock on CPU),
@@ -28,8 +28,8 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from kernels import codebook as cbk
-from trainer.provenance import provenance
+from lavla.kernels import codebook as cbk
+from lavla.trainer.provenance import provenance
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -170,7 +170,7 @@ def _print_result(res: Dict[str, object]) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
-    p = argparse.ArgumentParser(prog="python -m kernels.bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m lavla.kernels.bench", description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=1 << 20, help="rows of z (tokens)")
     p.add_argument("--d", type=int, default=128, help="code dimension")
     p.add_argument("--k", type=int, nargs="+", default=[8, 128, 1024], help="codebook sizes")
@@ -218,7 +218,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
         "triton": _triton_version(),
         "cuda": torch.version.cuda,
         "triton_interpreted": cbk.KERNEL_INTERPRETED,
-        **provenance("kernels.bench", argv),
+        **provenance("lavla.kernels.bench", argv),
         "n_requested": args.n,
         "n": n,
         "d": args.d,

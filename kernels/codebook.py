@@ -43,7 +43,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from kernels.codebook_reference import (  # noqa: F401  (one definition of the semantics, re-exported)
+from lavla.kernels.codebook_reference import (  # noqa: F401  (one definition of the semantics, re-exported)
     DEFAULT_MAX_BLOCK_ELEMS,
     NearestCode,
     _check_inputs,

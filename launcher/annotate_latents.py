@@ -1,6 +1,6 @@
 """Label every step of a dataset with a trained LAM's latent actions (zarr latent-label store).
 
-    python -m launcher.annotate_latents --checkpoint RUN_OR_CKPT_DIR --data CONFIG_OR_DATASET --out STORE.zarr
+    python -m lavla.launcher.annotate_latents --checkpoint RUN_OR_CKPT_DIR --data CONFIG_OR_DATASET --out STORE.zarr
 
 For every episode and every step t the LAM encodes the pair (x_t, x_{min(t+H, T-1)}) (H: the
 dataset's LAM stride, or ``--stride``) and the job writes token ids ``[T, Q]`` and embeddings
@@ -55,8 +55,8 @@ class EpisodeFrames:
 
 def read_episode_frames(source: Any, index: int, data_cfg: Any) -> EpisodeFrames:
     """Decode every primary frame of episode ``index`` once, at ``data_cfg.image_size``."""
-    from data_service.decode import decode_image
-    from data_service.windowing import lam_stride
+    from lavla.data_service.decode import decode_image
+    from lavla.data_service.windowing import lam_stride
 
     ep = source.read_episode(index)
     size = data_cfg.image_size
@@ -89,8 +89,8 @@ def annotate_episode(policy: Any, ep: EpisodeFrames, *, batch_size: int, device:
 
 def _data_config(spec: str, ckpt_data: Any, split: str | None, name: str | None, stride: int) -> Any:
     """The DataConfig to annotate: a recipe's mixture or a single dataset dir, at the LAM's image size."""
-    from data_service.config import DatasetEntry, SyntheticDataConfig
-    from trainer.config_io import load_config
+    from lavla.data_service.config import DatasetEntry, SyntheticDataConfig
+    from lavla.trainer.config_io import load_config
 
     path = Path(spec)
     if path.is_file():
@@ -112,7 +112,7 @@ def _check_store_compatible(path: Path, splits: dict[str, str], embedding: str) 
     """Episodes are keyed by their index within a split, so one store holds one split per dataset."""
     if not (path / "zarr.json").exists():
         return
-    from data_service.latent_store import LatentStore
+    from lavla.data_service.latent_store import LatentStore
 
     meta = LatentStore(path).metadata
     clash = {n: (meta["splits"][n], s) for n, s in splits.items() if n in meta.get("splits", {}) and meta["splits"][n] != s}
@@ -134,9 +134,9 @@ def iter_episodes(sources: list[Any], num_shards: int, shard_index: int) -> Iter
 
 
 def run(args: argparse.Namespace) -> dict[str, int]:
-    from data_service.latent_store import LatentStoreWriter
-    from data_service.sources import open_source
-    from trainer.export import load_checkpoint_model
+    from lavla.data_service.latent_store import LatentStoreWriter
+    from lavla.data_service.sources import open_source
+    from lavla.trainer.export import load_checkpoint_model
 
     policy, cfg, ckpt = load_checkpoint_model(args.checkpoint)
     if not hasattr(policy, "annotate"):
@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> dict[str, int]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m launcher.annotate_latents", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m lavla.launcher.annotate_latents", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="run dir (newest complete checkpoint) or checkpoints/step_XXXXXXXX")
     p.add_argument("--data", required=True, help="YAML recipe (its data.datasets) or a dataset directory")
     p.add_argument("--out", required=True, help="latent store (.zarr directory; created or appended to)")

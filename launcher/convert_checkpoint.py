@@ -1,4 +1,4 @@
-"""``python -m launcher.convert_checkpoint <run dir | checkpoint dir> [--workers N]``.
+"""``python -m lavla.launcher.convert_checkpoint <run dir | checkpoint dir> [--workers N]``.
 
 Converts a checkpoint to DeepSpeed's universal format (into ``<checkpoint>/universal/``) so it
 can be resumed at another world size. Resuming does this automatically on rank 0; running it
@@ -7,16 +7,11 @@ ahead of time keeps the conversion off the job's clock. See ``trainer/universal.
 
 from __future__ import annotations
 
-import os
 import sys
-
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trainer.universal import main as convert_main
+    from lavla.trainer.universal import main as convert_main
 
     return convert_main(argv)
 

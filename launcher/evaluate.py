@@ -1,9 +1,9 @@
 """Evaluate a trained policy on held-out episodes: metrics as JSON on stdout plus a Markdown report.
 
-    python -m launcher.evaluate --checkpoint <export dir | run dir | checkpoint dir> [--data CONFIG.yaml]
+    python -m lavla.launcher.evaluate --checkpoint <export dir | run dir | checkpoint dir> [--data CONFIG.yaml]
         [--split val] [--max-batches N] [--batch-size B] [--out DIR] [--seed S] [--device cpu] [--data.x=...]
 
-* ``--checkpoint``: a policy export (``python -m launcher.export_policy``; loaded with
+* ``--checkpoint``: a policy export (``python -m lavla.launcher.export_policy``; loaded with
   ``model.policy_io.load_policy``), or a run / checkpoint directory, exported first into a temporary
   directory (``trainer.export.export_policy``: the run's newest complete checkpoint).
 * ``--data``: a config YAML whose ``data`` section names the datasets (e.g. ``configs/quickstart.yaml``
@@ -25,15 +25,11 @@ import contextlib
 import json
 import logging
 import math
-import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
 
 EXIT_BAD_INPUT = 2
 
@@ -48,7 +44,7 @@ def _is_export(path: Path) -> bool:
 
 def load_any_policy(path: Path, tmp: Path, device: str) -> Any:
     """A ``LoadedPolicy`` from an export dir, or from a run / checkpoint dir via a temporary export."""
-    from model.policy_io import PolicyLoadError, load_policy
+    from lavla.model.policy_io import PolicyLoadError, load_policy
 
     if not path.exists():
         raise EvalInputError(f"{path}: no such file or directory")
@@ -57,7 +53,7 @@ def load_any_policy(path: Path, tmp: Path, device: str) -> Any:
     try:
         if _is_export(path):
             return load_policy(path, device)
-        from trainer.export import ExportError, export_policy
+        from lavla.trainer.export import ExportError, export_policy
 
         try:
             with contextlib.redirect_stdout(sys.stderr):  # importing deepspeed logs on stdout; keep it for JSON
@@ -72,7 +68,7 @@ def load_any_policy(path: Path, tmp: Path, device: str) -> Any:
 
 def resolve_data_config(policy: Any, data_yaml: str | None, overrides: list[str]) -> Any:
     """The data config to evaluate with (``--data`` file or the policy's own) with ``overrides``."""
-    from trainer.config_io import ConfigError, load_config
+    from lavla.trainer.config_io import ConfigError, load_config
 
     if data_yaml is None:
         if policy.export_dir is None:
@@ -95,7 +91,7 @@ def resolve_data_config(policy: Any, data_yaml: str | None, overrides: list[str]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m launcher.evaluate", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m lavla.launcher.evaluate", description=__doc__.split("\n\n")[0],
                                 allow_abbrev=False)
     p.add_argument("--checkpoint", required=True, help="policy export dir, run dir or checkpoint dir")
     p.add_argument("--data", default=None, help="config YAML whose data section to evaluate on (default: the "
@@ -114,9 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --max-batches must be >= 0 and --batch-size >= 1", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    from data_service.errors import DataError
-    from data_service.pipeline import build_data
-    from trainer.evaluate import (
+    from lavla.data_service.errors import DataError
+    from lavla.data_service.pipeline import build_data
+    from lavla.trainer.evaluate import (
         eval_data_config,
         evaluate,
         probe_horizon_of,

@@ -8,7 +8,8 @@ trainer reaches the SLURM batch script unchanged.
 EXIT_OK = 0
 """Training reached ``trainer.max_steps`` (or finished for another normal reason)."""
 EXIT_CONFIG_ERROR = 2
-"""The config could not be loaded; nothing ran. Requeueing would fail the same way."""
+"""The config could not be loaded, or the job could not start (its rendezvous port is taken);
+nothing ran. Requeueing would fail the same way."""
 EXIT_NONFINITE = 3
 """Training stopped on too many consecutive non-finite steps (``NonFiniteLossError``): a
 diagnosis, not a crash; restarting from the last checkpoint would most likely hit it again."""

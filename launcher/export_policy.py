@@ -1,4 +1,4 @@
-"""``python -m launcher.export_policy <run dir | checkpoint dir> --out DIR [--tag TAG]``.
+"""``python -m lavla.launcher.export_policy <run dir | checkpoint dir> --out DIR [--tag TAG]``.
 
 Writes a self-contained policy directory (``model.safetensors``, ``config.yaml``,
 ``normalization_stats.json``, ``export.json`` and backbone assets) that
@@ -12,19 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m launcher.export_policy",
+        prog="python -m lavla.launcher.export_policy",
         description="Export a trained policy from a DeepSpeed checkpoint to a directory that "
-        "model.policy_io.load_policy loads without DeepSpeed.")
+        "lavla.model.policy_io.load_policy loads without DeepSpeed.")
     parser.add_argument("source", help="a run directory (its newest complete checkpoint) or a checkpoints/step_* directory")
     parser.add_argument("--out", required=True, help="export directory to create (written atomically)")
     parser.add_argument("--tag", default=None, help="checkpoint tag under <run>/checkpoints, e.g. step_00000300")
@@ -34,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
-    from trainer.export import ExportError, export_policy
+    from lavla.trainer.export import ExportError, export_policy
 
     try:
         meta = export_policy(args.source, args.out, tag=args.tag, overwrite=args.overwrite, verify=args.verify)

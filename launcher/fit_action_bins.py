@@ -1,7 +1,7 @@
 """Fit LAPA's per-dimension quantile action bins on a training config's data and write the bins file.
 
-    python -m launcher.fit_action_bins --config configs/lapa_action.yaml --out runs/lapa_action/bins.json
-    python -m launcher.fit_action_bins --config CONFIG --num-bins 256 --max-samples 50000 --out bins.json [--data.seed=1 ...]
+    python -m lavla.launcher.fit_action_bins --config configs/lapa_action.yaml --out runs/lapa_action/bins.json
+    python -m lavla.launcher.fit_action_bins --config CONFIG --num-bins 256 --max-samples 50000 --out bins.json [--data.seed=1 ...]
 
 Actions are read exactly as training sees them (normalized, padded to ``data.max_action_dim``) by
 ``data_service.action_quantiles.sample_actions``; padded dims and steps past an episode's end are
@@ -24,9 +24,6 @@ from typing import Any
 
 import numpy as np
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:  # also runnable as ``python launcher/fit_action_bins.py`` from a checkout
-    sys.path.insert(0, _ROOT)
 
 DEFAULT_NUM_BINS = 256
 DEFAULT_MAX_SAMPLES = 20000
@@ -34,7 +31,7 @@ DEFAULT_MAX_SAMPLES = 20000
 
 def fit_bins(actions: np.ndarray, valid: np.ndarray, num_bins: int) -> Any:
     """QuantileActionBins of ``actions`` [M, A] float restricted to ``valid`` [M, A] bool."""
-    from model.action_bins import QuantileActionBins
+    from lavla.model.action_bins import QuantileActionBins
 
     actions, valid = np.asarray(actions, dtype=np.float32), np.asarray(valid, dtype=bool)
     if actions.ndim != 2 or actions.shape != valid.shape:
@@ -61,7 +58,7 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    p = argparse.ArgumentParser(prog="python -m launcher.fit_action_bins", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m lavla.launcher.fit_action_bins", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="training YAML (its data section is sampled)")
     p.add_argument("--out", required=True, help="bins JSON to write")
     p.add_argument("--num-bins", type=int, default=None, help=f"bins per dimension (default: model.num_bins or {DEFAULT_NUM_BINS})")
@@ -72,7 +69,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trainer.config_io import ConfigError, load_config
+    from lavla.trainer.config_io import ConfigError, load_config
 
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     try:
@@ -87,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --num-bins ({num_bins}) and --max-samples ({max_samples}) must be >= 1", file=sys.stderr)
         return 2
 
-    from data_service.action_quantiles import sample_actions  # lazy: reads the datasets
+    from lavla.data_service.action_quantiles import sample_actions  # lazy: reads the datasets
 
     actions, valid = sample_actions(cfg.data, max_samples=max_samples, seed=seed)
     bins = fit_bins(actions, valid, num_bins)

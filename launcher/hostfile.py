@@ -5,9 +5,9 @@ or ``--launcher slurm`` (it never asks SLURM), so every multi-node launch needs 
 batch script writes it in bash at run time (the batch host may have no Python of ours: e.g. a
 pyxis container job); this module is the same format for everything else:
 
-    python -m launcher.hostfile --hosts node1,node2 --slots 8 -o hostfile     # hand-made clusters
-    python -m launcher.hostfile --from-slurm --slots 8 -o hostfile            # inside an allocation
-    python -m launcher.hostfile --check hostfile                              # validate before launch
+    python -m lavla.launcher.hostfile --hosts node1,node2 --slots 8 -o hostfile     # hand-made clusters
+    python -m lavla.launcher.hostfile --from-slurm --slots 8 -o hostfile            # inside an allocation
+    python -m lavla.launcher.hostfile --check hostfile                              # validate before launch
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def write_hostfile(path: Path, hosts: Sequence[str], slots: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m launcher.hostfile", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m lavla.launcher.hostfile", description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--hosts", help="comma-separated host names, in node-rank order")
     src.add_argument("--from-slurm", nargs="?", const="", metavar="NODELIST",

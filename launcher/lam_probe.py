@@ -1,6 +1,6 @@
 """Linear-probe a trained LAM: do its tokens encode the true action over the window (x_t, x_{t+H})?
 
-    python -m launcher.lam_probe --checkpoint RUN_OR_CKPT_DIR --data DATASET_DIR [--fit-split train --test-split val]
+    python -m lavla.launcher.lam_probe --checkpoint RUN_OR_CKPT_DIR --data DATASET_DIR [--fit-split train --test-split val]
 
 Latents of every step of the fit split train the probes; the test split (other episodes) scores
 them. Reported: accuracy of the dominant signed translation axis (+x, -x, +y, -y, +z, -z) from the
@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from launcher.annotate_latents import read_episode_frames
-from model.probe import (
+from lavla.launcher.annotate_latents import read_episode_frames
+from lavla.model.probe import (
     ProbeResult,
     RegressionResult,
     direction_labels,
@@ -97,11 +97,11 @@ def probe_latents(fit: EpisodeLatents, test: EpisodeLatents, num_codes: int, *, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from data_service.config import DatasetEntry
-    from data_service.sources import open_source
-    from trainer.export import load_checkpoint_model
+    from lavla.data_service.config import DatasetEntry
+    from lavla.data_service.sources import open_source
+    from lavla.trainer.export import load_checkpoint_model
 
-    p = argparse.ArgumentParser(prog="python -m launcher.lam_probe", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m lavla.launcher.lam_probe", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="run dir or checkpoint dir of a LAM recipe")
     p.add_argument("--data", required=True, help="dataset directory (.../<name>/<version>)")
     p.add_argument("--dataset-name", default=None, help="registry name (default: the directory's parent name)")

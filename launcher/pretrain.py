@@ -9,16 +9,17 @@ from __future__ import annotations
 import os
 import sys
 
-# Running as a script puts launcher/ (not the repo root) on sys.path; make the packages importable
-# from a source checkout without requiring ``pip install -e .``.
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+if __name__ == "__main__":
+    # Run by path (``deepspeed launcher/pretrain.py``), Python puts the script's own folder first on sys.path,
+    # where a module of ours (evaluate.py) would shadow an installed package of that name. The
+    # project imports only as ``lavla.*``, so the entry goes.
+    _HERE = os.path.dirname(os.path.realpath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _HERE]
 
 
 def main(argv: list[str] | None = None) -> int:
-    from launcher.exit_codes import EXIT_CONFIG_ERROR, EXIT_NONFINITE, EXIT_OK, EXIT_PREEMPTED
-    from trainer.config_io import ConfigError, load_config
+    from lavla.launcher.exit_codes import EXIT_CONFIG_ERROR, EXIT_NONFINITE, EXIT_OK, EXIT_PREEMPTED
+    from lavla.trainer.config_io import ConfigError, load_config
 
     args = sys.argv[1:] if argv is None else argv
     try:
@@ -26,13 +27,17 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    from trainer.loop import NonFiniteLossError, run
+    from lavla.trainer.distributed import PortInUseError
+    from lavla.trainer.loop import NonFiniteLossError, run
 
     try:
         summary = run(cfg)
     except NonFiniteLossError as e:  # a diagnosis, not a crash: no traceback
         print(f"training stopped: {e}", file=sys.stderr)
         return EXIT_NONFINITE
+    except PortInUseError as e:  # nothing ran; the message says which flag fixes it
+        print(f"cannot start: {e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
     # A preemption checkpoint is "try again": the SLURM script requeues on it.
     return EXIT_PREEMPTED if summary.get("exit_reason") == "preempted" else EXIT_OK
 

@@ -1,4 +1,4 @@
-"""A short profiling job of any recipe: ``python -m launcher.profile_run --config configs/<recipe>.yaml
+"""A short profiling job of any recipe: ``python -m lavla.launcher.profile_run --config configs/<recipe>.yaml
 [--steps N] [--warmup W] [--a.b=value ...]`` (or ``deepspeed [--num_gpus G] launcher/profile_run.py ...``).
 
 Runs N optimizer steps (default 8) without checkpoints or wandb, profiles the steps after the
@@ -13,12 +13,7 @@ throughput report (``throughput.md``) and the step-time plot (``step_breakdown.p
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
 
 
 def profiling_config(cfg, steps: int, warmup: int, run_dir_given: bool):  # type: ignore[no-untyped-def]
@@ -41,9 +36,9 @@ def profiling_config(cfg, steps: int, warmup: int, run_dir_given: bool):  # type
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trainer.config_io import ConfigError, load_config
+    from lavla.trainer.config_io import ConfigError, load_config
 
-    parser = argparse.ArgumentParser(prog="python -m launcher.profile_run", add_help=False)
+    parser = argparse.ArgumentParser(prog="python -m lavla.launcher.profile_run", add_help=False)
     parser.add_argument("--steps", type=int, default=8, help="optimizer steps to run")
     parser.add_argument("--warmup", type=int, default=3, help="steps before the profiled window")
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
@@ -53,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    from trainer.loop import run
+    from lavla.trainer.loop import run
 
     run(cfg)
     return 0

@@ -1,6 +1,6 @@
 """Run pretraining on an existing Ray cluster with Ray Train (one Ray actor per rank).
 
-    python -m launcher.ray_job --config configs/<recipe>.yaml --address <head>:6379 \\
+    python -m lavla.launcher.ray_job --config configs/<recipe>.yaml --address <head>:6379 \\
         [--num-workers 16] [--gpus-per-worker 1] [--max-failures 3] [-- --a.b=v ...]
 
 Each worker runs the same entry as ``deepspeed launcher/pretrain.py``: the config is loaded by
@@ -26,11 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:  # `python launcher/ray_job.py` from a source checkout
-    sys.path.insert(0, str(_ROOT))
 
-from launcher.exit_codes import EXIT_CONFIG_ERROR, EXIT_NONFINITE
+from lavla.launcher.exit_codes import EXIT_CONFIG_ERROR, EXIT_NONFINITE
 
 PASSTHROUGH_ENV_PREFIXES = ("LAVLA_", "WANDB_", "NCCL_", "HF_", "TORCH_", "PYTORCH_", "CUDA_LAUNCH_BLOCKING")
 """Driver environment variables the workers get too (Ray actors inherit the raylet's environment,
@@ -51,8 +48,8 @@ def train_worker(config: dict[str, Any]) -> None:
     # Relative paths of the recipe (data, caches) mean what they mean for the driver.
     if os.path.isdir(config["cwd"]):
         os.chdir(config["cwd"])
-    from trainer.config_io import load_config
-    from trainer.loop import NonFiniteLossError, run
+    from lavla.trainer.config_io import load_config
+    from lavla.trainer.loop import NonFiniteLossError, run
 
     try:
         summary = run(load_config(config["argv"]))
@@ -89,7 +86,7 @@ def _check_resources(ray: Any, workers: int, cpus: float, gpus: int, data_cpus: 
 
 
 def runtime_env() -> dict[str, Any]:
-    from data_service.ray_cluster import worker_runtime_env
+    from lavla.data_service.ray_cluster import worker_runtime_env
 
     env = worker_runtime_env()
     env["env_vars"].update({k: v for k, v in os.environ.items()
@@ -98,7 +95,7 @@ def runtime_env() -> dict[str, Any]:
 
 
 def run_job(a: argparse.Namespace, overrides: Sequence[str]) -> int:
-    from trainer.config_io import ConfigError, load_config
+    from lavla.trainer.config_io import ConfigError, load_config
 
     if a.num_workers < 1:
         raise RayJobError(f"--num-workers must be >= 1, got {a.num_workers}")
@@ -125,7 +122,7 @@ def run_job(a: argparse.Namespace, overrides: Sequence[str]) -> int:
             _check_resources(ray, a.num_workers, a.cpus_per_worker, a.gpus_per_worker, data_cpus)
         resources = {"CPU": a.cpus_per_worker, **({"GPU": 1} if a.gpus_per_worker else {})}
         # By reference (module + name), also when this file runs as __main__: workers import it.
-        from launcher.ray_job import train_worker as entry
+        from lavla.launcher.ray_job import train_worker as entry
 
         trainer = TorchTrainer(
             entry,
@@ -154,10 +151,10 @@ def run_job(a: argparse.Namespace, overrides: Sequence[str]) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m launcher.ray_job",
+        prog="python -m lavla.launcher.ray_job",
         description="Train on an existing Ray cluster (Ray Train TorchTrainer, one worker per rank). "
                     "Trainer overrides go after '--'.",
-        epilog="example: python -m launcher.ray_job --config configs/quickstart.yaml --address head:6379 "
+        epilog="example: python -m lavla.launcher.ray_job --config configs/quickstart.yaml --address head:6379 "
                "--num-workers 16 -- --data.num_workers=32",
     )
     p.add_argument("--config", required=True, help="YAML recipe")

@@ -1,6 +1,6 @@
 """Closed-loop evaluation of an exported policy in the synthetic world.
 
-    python -m launcher.rollout --policy EXPORT_DIR [--episodes 20] [--execute-steps 1] [--seed 0]
+    python -m lavla.launcher.rollout --policy EXPORT_DIR [--episodes 20] [--execute-steps 1] [--seed 0]
 
 Loads the policy with ``model.policy_io.load_policy`` (no DeepSpeed), runs ``--episodes`` episodes
 of ``data_service.sim_env.SyntheticWorldEnv`` (scenes ``seed .. seed + episodes - 1`` of the
@@ -25,16 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from typing import Any
 
 import numpy as np
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
 
 log = logging.getLogger("rollout")
 
@@ -43,8 +39,8 @@ def _as_trained(image: np.ndarray, encoding: str | None, size: int) -> np.ndarra
     """uint8 [3,h,w] frame -> uint8 [3,size,size] as the data pipeline delivers it: encoded the way
     the dataset stores that camera (``png``/``jpeg``; None: no codec) and decoded + resized by
     ``data_service.decode.decode_image``."""
-    from data_service.decode import decode_image
-    from data_service.rlds_writer import encode_image
+    from lavla.data_service.decode import decode_image
+    from lavla.data_service.rlds_writer import encode_image
 
     hwc = np.ascontiguousarray(np.asarray(image, np.uint8).transpose(1, 2, 0))
     if encoding is None:
@@ -62,7 +58,7 @@ def dataset_ids(policy: Any, dataset_name: str) -> tuple[int, int]:
     if facts is not None and "embodiment_id" in facts:
         embodiment = int(facts["embodiment_id"])
     else:
-        from data_service.registry import get_spec
+        from lavla.data_service.registry import get_spec
 
         embodiment = int(get_spec(dataset_name).embodiment_id)
     return names.index(dataset_name), embodiment
@@ -146,9 +142,9 @@ class PolicyRunner:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m launcher.rollout",
+    p = argparse.ArgumentParser(prog="python -m lavla.launcher.rollout",
                                 description="Closed-loop evaluation of an exported policy in the synthetic world.")
-    p.add_argument("--policy", required=True, help="export directory (python -m launcher.export_policy)")
+    p.add_argument("--policy", required=True, help="export directory (python -m lavla.launcher.export_policy)")
     p.add_argument("--episodes", type=int, default=20, help="episodes (scenes seed .. seed+episodes-1)")
     p.add_argument("--execute-steps", type=int, default=1,
                    help="actions of each predicted chunk executed before re-planning (LARA: 1)")
@@ -168,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --episodes, --execute-steps and --max-steps must be >= 1", file=sys.stderr)
         return 2
 
-    from data_service.sim_env import SyntheticWorldEnv, rollout
-    from model.policy_io import PolicyLoadError, load_policy
+    from lavla.data_service.sim_env import SyntheticWorldEnv, rollout
+    from lavla.model.policy_io import PolicyLoadError, load_policy
 
     t0 = time.perf_counter()
     try:

@@ -1,6 +1,6 @@
 """Write (and submit) the SLURM batch script of a pretraining run.
 
-    python -m launcher.slurm --config configs/<recipe>.yaml --nodes 4 --gpus-per-node 8 \\
+    python -m lavla.launcher.slurm --config configs/<recipe>.yaml --nodes 4 --gpus-per-node 8 \\
         [--partition P] [--account A] [--time 2-00:00:00] [--run-dir D] [--dry-run] [-- --a.b=v ...]
 
 The script (``<run dir>/slurm/job.sbatch``, rendered from ``launcher/templates/``) builds a
@@ -25,11 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:  # `python launcher/slurm.py` from a source checkout
-    sys.path.insert(0, str(_ROOT))
+from lavla.launcher.exit_codes import EXIT_PREEMPTED
 
-from launcher.exit_codes import EXIT_PREEMPTED
+_ROOT = Path(__file__).resolve().parents[1]
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 SCRIPT_NAME = "job.sbatch"
@@ -171,7 +169,7 @@ def _check_overrides(overrides: Sequence[str]) -> None:
 
 def build_job(a: argparse.Namespace, overrides: Sequence[str], command: str, repo_root: Path = _ROOT) -> SlurmJob:
     """Validate the options and the training config (so mistakes fail here, not in the queue)."""
-    from trainer.config_io import ConfigError, load_config
+    from lavla.trainer.config_io import ConfigError, load_config
 
     if a.nodes < 1:
         raise SlurmLaunchError(f"--nodes must be >= 1, got {a.nodes}")
@@ -245,10 +243,10 @@ def submit(script: Path) -> str:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m launcher.slurm",
+        prog="python -m lavla.launcher.slurm",
         description="Write the SLURM batch script of a pretraining run into <run dir>/slurm/ and submit it. "
                     "Trainer overrides go after '--'.",
-        epilog="example: python -m launcher.slurm --config configs/quickstart.yaml --nodes 2 --gpus-per-node 8 "
+        epilog="example: python -m lavla.launcher.slurm --config configs/quickstart.yaml --nodes 2 --gpus-per-node 8 "
                "--partition gpu --time 24:00:00 -- --trainer.max_steps=10000",
     )
     p.add_argument("--config", required=True, help="YAML recipe (validated now, read again by every start)")
@@ -279,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ours, overrides = (argv[: argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     a = parser().parse_args(ours)
-    command = shlex.join(["python", "-m", "launcher.slurm", *argv])
+    command = shlex.join(["python", "-m", "lavla.launcher.slurm", *argv])
     try:
         job = build_job(a, overrides, command)
         script = write_script(job)

@@ -1,10 +1,10 @@
 """A fixed miniature study on the synthetic world, on CPU: every run trains through the real launcher.
 
-    python -m launcher.study --budget {tiny,small} [--out DIR] [--seeds 0,1,2] [--parts a,b,c]
+    python -m lavla.launcher.study --budget {tiny,small} [--out DIR] [--seeds 0,1,2] [--parts a,b,c]
 
 Parts (each run is ``deepspeed --num_gpus 1 launcher/pretrain.py --config configs/<recipe>.yaml ...``,
 then exported with ``trainer.export.export_policy``, scored offline on the held-out ``val`` split with
-``python -m launcher.evaluate`` and, for action policies, in closed loop with ``python -m launcher.rollout``):
+``python -m lavla.launcher.evaluate`` and, for action policies, in closed loop with ``python -m lavla.launcher.rollout``):
 
 * ``pre``  shared pretraining: a Moto-style LAM (``configs/lam_pretrain.yaml`` at LARA's LAM config, so
   its export also initialises the online LAM of ``lapa_latent`` and the Pixels-to-Tokens strategies)
@@ -39,7 +39,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -48,9 +47,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from lavla.trainer.ports import free_port
+
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 PARTS = ("pre", "a", "b", "c")
 STRATEGIES = ("baseline", "la_align", "la_direct", "la_cond", "la_tok")
@@ -213,12 +212,6 @@ class RunFailed(RuntimeError):
     pass
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env(threads: int) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": str(threads), "WANDB_MODE": "offline",
             "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))}
@@ -243,20 +236,20 @@ class SubprocessRunner:
 
     def train(self, args: list[str], log: Path) -> None:
         cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "1", "--master_port",
-               str(_free_port()), str(REPO / "launcher" / "pretrain.py"), *args]
+               str(free_port()), str(REPO / "launcher" / "pretrain.py"), *args]
         self._call(cmd, log)
 
     def export(self, run_dir: Path, out: Path) -> None:
-        from trainer.export import export_policy
+        from lavla.trainer.export import export_policy
 
         export_policy(run_dir, out, overwrite=True)
 
     def evaluate(self, export: Path, args: list[str], log: Path) -> dict[str, Any]:
-        out = self._call([sys.executable, "-m", "launcher.evaluate", "--checkpoint", str(export), *args], log)
+        out = self._call([sys.executable, "-m", "lavla.launcher.evaluate", "--checkpoint", str(export), *args], log)
         return json.loads(out[out.index("{"):])
 
     def rollout(self, export: Path, args: list[str], out: Path) -> dict[str, Any]:
-        self._call([sys.executable, "-m", "launcher.rollout", "--policy", str(export), "--out", str(out), *args],
+        self._call([sys.executable, "-m", "lavla.launcher.rollout", "--policy", str(export), "--out", str(out), *args],
                    out.with_suffix(".log"))
         return json.loads(out.read_text())
 
@@ -432,7 +425,7 @@ def write_results(out: Path, records: list[dict[str, Any]], header: dict[str, An
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m launcher.study", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m lavla.launcher.study", description=__doc__.split("\n\n")[0])
     p.add_argument("--budget", required=True, choices=sorted(BUDGETS))
     p.add_argument("--out", default=None, help="output dir (default runs/study_<budget>); rerun to resume")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the budget's)")
@@ -458,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     except (RunFailed, subprocess.TimeoutExpired) as e:
         print(f"error: {e} (rerun the same command to continue)", file=sys.stderr)
         return 1
-    header = {"command": "python -m launcher.study " + " ".join(sys.argv[1:] if argv is None else argv),
+    header = {"command": "python -m lavla.launcher.study " + " ".join(sys.argv[1:] if argv is None else argv),
               "budget": {**dataclasses.asdict(budget), "seeds": list(seeds)}, "seeds": list(seeds), "parts": parts,
               "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               "wall_seconds_this_invocation": round(time.perf_counter() - t0, 1),

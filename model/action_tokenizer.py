@@ -42,9 +42,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.action_tokenizer_config import ActionTokenizerConfig
-from model.layers import TransformerBlock, eval_no_grad
-from model.quantizer import Quantizer, build_quantizer
+from lavla.model.action_tokenizer_config import ActionTokenizerConfig
+from lavla.model.layers import TransformerBlock, eval_no_grad
+from lavla.model.quantizer import Quantizer, build_quantizer
 
 
 def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:

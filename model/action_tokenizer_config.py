@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from model.config import ModelConfig, QuantizerConfig, _check
+from lavla.model.config import ModelConfig, QuantizerConfig, _check
 
 
 @dataclass

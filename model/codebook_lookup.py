@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import Tensor
 
-from kernels.codebook_reference import nearest_code_reference as _reference
+from lavla.kernels.codebook_reference import nearest_code_reference as _reference
 
 
 def nearest_code_reference(z: Tensor, codebook: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -32,7 +32,7 @@ def nearest_code_reference(z: Tensor, codebook: Tensor) -> tuple[Tensor, Tensor,
 def _kernel_module() -> Any | None:
     """``kernels.codebook`` if Triton imports, else None (imported on first use only)."""
     try:
-        from kernels import codebook as kernel
+        from lavla.kernels import codebook as kernel
     except Exception:  # a broken/missing Triton install must not break CPU training
         return None
     return kernel if kernel.HAS_TRITON else None

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import draccus
 
-from model.backbone_config import HFBackboneConfig
+from lavla.model.backbone_config import HFBackboneConfig
 
 
 @dataclass
@@ -274,6 +274,6 @@ class LamPretrainConfig(ModelConfig):
 
 
 # The LAPA / UniVLA LAM recipes register themselves on import (kept in their own module).
-from model import lam_config as _lam_config  # noqa: E402,F401
-from model import action_tokenizer_config as _action_tokenizer_config  # noqa: E402,F401
-from model import vla_config as _vla_config  # noqa: E402,F401
+from lavla.model import lam_config as _lam_config  # noqa: E402,F401
+from lavla.model import action_tokenizer_config as _action_tokenizer_config  # noqa: E402,F401
+from lavla.model import vla_config as _vla_config  # noqa: E402,F401

@@ -3,6 +3,10 @@
 Each recipe registers its builder next to its code with ``@register_builder(ConfigClass)``; the
 recipe modules are imported lazily here (listed in ``RECIPE_MODULES``) so importing the config
 never pulls in torch model code it does not need.
+
+``lavla.model`` holds nn.Modules only (no distributed code). ZeRO-3 rules every module follows: a
+parameter is only read inside the forward of the module that owns it, and every submodule runs on
+every step whatever the batch holds (mask, never skip).
 """
 
 from __future__ import annotations
@@ -12,8 +16,8 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
-from data_service.config import DataConfig
-from model.config import ModelConfig
+from lavla.data_service.config import DataConfig
+from lavla.model.config import ModelConfig
 
 Builder = Callable[[Any, DataConfig], nn.Module]
 
@@ -21,11 +25,11 @@ BUILDERS: dict[type, Builder] = {}
 """Recipe config class -> builder, filled by ``register_builder``."""
 
 RECIPE_MODULES = (
-    "model.recipes.lara",
-    "model.recipes.lam_pretrain",
-    "model.recipes.pixels_to_tokens",
-    "model.recipes.lapa",
-    "model.recipes.action_tokenizer",
+    "lavla.model.recipes.lara",
+    "lavla.model.recipes.lam_pretrain",
+    "lavla.model.recipes.pixels_to_tokens",
+    "lavla.model.recipes.lapa",
+    "lavla.model.recipes.action_tokenizer",
 )
 """Modules whose import registers builders (missing optional ones are skipped)."""
 

@@ -17,8 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.config import FlowHeadConfig
-from model.layers import AdaLayerNorm, TimestepEmbedder, TransformerBlock, timestep_embedding
+from lavla.model.config import FlowHeadConfig
+from lavla.model.layers import AdaLayerNorm, TimestepEmbedder, TransformerBlock, timestep_embedding
 
 
 class CategorySpecificLinear(nn.Module):

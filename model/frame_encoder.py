@@ -20,8 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.config import FrameEncoderConfig
-from model.layers import PatchEmbed, TransformerBlock, normalize_image
+from lavla.model.config import FrameEncoderConfig
+from lavla.model.layers import PatchEmbed, TransformerBlock, normalize_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -56,8 +56,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.backbone_config import HFBackboneConfig
-from model.vl_backbone import VLBackbone, VLMOutput, gather_positions, next_token_ce
+from lavla.model.backbone_config import HFBackboneConfig
+from lavla.model.vl_backbone import VLBackbone, VLMOutput, gather_positions, next_token_ce
 
 log = logging.getLogger(__name__)
 

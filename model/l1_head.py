@@ -40,8 +40,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.head_config import L1HeadConfig
-from model.layers import MultiHeadAttention, Mlp, key_padding_mask
+from lavla.model.head_config import L1HeadConfig
+from lavla.model.layers import MultiHeadAttention, Mlp, key_padding_mask
 
 Queries = Union[Tensor, Sequence[Tensor]]
 """Action-query positions ``[B,Q]`` int64 (gathered from every layer), or the per-layer query

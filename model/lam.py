@@ -22,10 +22,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.config import LamConfig
-from model.frame_encoder import FrameEncoder, TinyViTEncoder, build_frame_encoder
-from model.layers import PatchEmbed, TransformerBlock, normalize_image, unpatchify
-from model.quantizer import build_quantizer
+from lavla.model.config import LamConfig
+from lavla.model.frame_encoder import FrameEncoder, TinyViTEncoder, build_frame_encoder
+from lavla.model.layers import PatchEmbed, TransformerBlock, normalize_image, unpatchify
+from lavla.model.quantizer import build_quantizer
 
 __all__ = ["FrameEncoder", "TinyViTEncoder", "LatentActions", "LatentActionModel", "MFormer", "PixelDecoder", "ConvPixelDecoder", "lam_metrics"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from model.config import FrameEncoderConfig, ModelConfig, QuantizerConfig, _check
+from lavla.model.config import FrameEncoderConfig, ModelConfig, QuantizerConfig, _check
 
 # Variant defaults are subclasses rather than default_factory functions: draccus builds a nested
 # section given in YAML from its annotated class, so a partial section keeps these defaults.

@@ -19,10 +19,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.lam import LatentActions, lam_metrics
-from model.lam_config import LapaLamConfig
-from model.layers import TransformerBlock, normalize_image, patchify, unpatchify
-from model.quantizer import build_quantizer
+from lavla.model.lam import LatentActions, lam_metrics
+from lavla.model.lam_config import LapaLamConfig
+from lavla.model.layers import TransformerBlock, normalize_image, patchify, unpatchify
+from lavla.model.quantizer import build_quantizer
 
 
 class PixelPatchEmbed(nn.Module):

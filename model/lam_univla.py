@@ -20,11 +20,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.frame_encoder import build_frame_encoder
-from model.lam import LatentActions, lam_metrics
-from model.lam_config import UnivlaLamConfig
-from model.layers import Mlp, MultiHeadAttention, TransformerBlock
-from model.quantizer import build_quantizer
+from lavla.model.frame_encoder import build_frame_encoder
+from lavla.model.lam import LatentActions, lam_metrics
+from lavla.model.lam_config import UnivlaLamConfig
+from lavla.model.layers import Mlp, MultiHeadAttention, TransformerBlock
+from lavla.model.quantizer import build_quantizer
 
 
 class SpatioTemporalBlock(nn.Module):

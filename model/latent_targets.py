@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from model.vla_config import LatentTargetConfig
+from lavla.model.vla_config import LatentTargetConfig
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +41,12 @@ def load_exported_weights(module: nn.Module, export_dir: str | Path, src_prefix:
     Every parameter and buffer of ``module`` must be found, with the same shape: a partial load
     would silently train from a half-random model. Returns the number of tensors loaded.
     """
-    from model.policy_io import WEIGHTS_FILE, read_weights, verify_weights
+    from lavla.model.policy_io import WEIGHTS_FILE, read_weights, verify_weights
 
     path = Path(export_dir) / WEIGHTS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{what}: no exported policy at {export_dir} (expected {path}; "
-                                "create one with python -m launcher.export_policy)")
+                                "create one with python -m lavla.launcher.export_policy)")
     verify_weights(export_dir)
     # read_weights restores tied aliases (stored once) and JSON extra state, as load_policy does.
     tensors = {k[len(src_prefix):]: v for k, v in read_weights(export_dir).items() if k.startswith(src_prefix)}
@@ -73,7 +73,7 @@ class LatentSource(nn.Module):
         self.cfg = cfg
         self.lam: nn.Module | None = None
         if cfg.source == "online":
-            from model.recipes.lam_pretrain import build_lam
+            from lavla.model.recipes.lam_pretrain import build_lam
 
             self.lam = build_lam(cfg.lam)
             if cfg.lam_init:
@@ -121,7 +121,7 @@ class LatentSource(nn.Module):
         missing = [k for k in ("latent_ids", "latent_emb", "latent_valid", "has_latent") if k not in batch]
         if missing:
             raise KeyError(f"latent.source=offline needs the batch keys {missing}: set data.latent_labels to the "
-                           "label store written by python -m launcher.annotate_latents")
+                           "label store written by python -m lavla.launcher.annotate_latents")
         ids, emb = batch["latent_ids"].long(), batch["latent_emb"].float()
         if ids.shape[-1] != self.codes_per_step or emb.shape[-1] != self.code_dim:
             raise ValueError(f"latent labels have {ids.shape[-1]} codes x {emb.shape[-1]}-d per step; the model "

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.attention import attention
+from lavla.model.attention import attention
 
 
 @contextmanager

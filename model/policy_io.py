@@ -1,4 +1,4 @@
-"""Load an exported policy (``python -m launcher.export_policy``) without DeepSpeed.
+"""Load an exported policy (``python -m lavla.launcher.export_policy``) without DeepSpeed.
 
 An export directory is self-contained::
 
@@ -86,7 +86,7 @@ def read_export_meta(export_dir: str | os.PathLike) -> dict[str, Any]:
     meta_path = d / META_FILE
     if not meta_path.is_file():
         raise PolicyLoadError(f"{d}: not a policy export (no {META_FILE}); create one with "
-                              "python -m launcher.export_policy <run or checkpoint dir> --out DIR")
+                              "python -m lavla.launcher.export_policy <run or checkpoint dir> --out DIR")
     try:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as e:
@@ -122,8 +122,8 @@ def load_export_configs(export_dir: str | os.PathLike, meta: dict[str, Any] | No
     import draccus
     import yaml
 
-    from data_service.config import DataConfig
-    from model.config import ModelConfig
+    from lavla.data_service.config import DataConfig
+    from lavla.model.config import ModelConfig
 
     d = Path(export_dir).resolve()
     meta = meta if meta is not None else read_export_meta(d)
@@ -228,7 +228,7 @@ class LoadedPolicy:
 
     def normalizer(self, dataset_name: str) -> Any:
         """The ``data_service.stats.Normalizer`` the data pipeline used for ``dataset_name``."""
-        from data_service.stats import DatasetStatistics, Normalizer
+        from lavla.data_service.stats import DatasetStatistics, Normalizer
 
         if dataset_name not in self.stats:
             raise KeyError(f"no normalization statistics for dataset {dataset_name!r}; "
@@ -240,7 +240,7 @@ class LoadedPolicy:
         if info is not None:
             mask = info["action_absolute_mask"]
         else:  # an export without the facts: ask the registry (needs the dataset registered)
-            from data_service.registry import get_spec
+            from lavla.data_service.registry import get_spec
 
             mask = get_spec(dataset_name).action_absolute_mask
         if len(mask) != stats.action.dim:  # action-less (video) datasets have neither
@@ -281,7 +281,7 @@ class LoadedPolicy:
 
 def load_policy(export_dir: str | os.PathLike, device: str | torch.device = "cpu", *, verify: bool = True) -> LoadedPolicy:
     """Load a policy export (see the module docstring). ``verify`` checks the weights' sha256 first."""
-    from model.factory import build_model
+    from lavla.model.factory import build_model
 
     d = Path(export_dir).resolve()
     meta = read_export_meta(d)

@@ -44,8 +44,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.codebook_lookup import nearest_code
-from model.config import QuantizerConfig
+from lavla.model.codebook_lookup import nearest_code
+from lavla.model.config import QuantizerConfig
 
 RESTART_SOURCES = ("batch", "codes")
 

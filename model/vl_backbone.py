@@ -17,8 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.config import BackboneConfig
-from model.layers import PatchEmbed, TransformerBlock, normalize_image
+from lavla.model.config import BackboneConfig
+from lavla.model.layers import PatchEmbed, TransformerBlock, normalize_image
 
 
 class VLMOutput(NamedTuple):
@@ -196,7 +196,7 @@ class TinyVLBackbone(VLBackbone):
 
 def build_backbone(cfg: BackboneConfig) -> VLBackbone:
     if cfg.kind == "hf":
-        from model.hf_vlm import HFVLMBackbone
+        from lavla.model.hf_vlm import HFVLMBackbone
 
         return HFVLMBackbone(cfg.hf)
     return TinyVLBackbone(cfg)

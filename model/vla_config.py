@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from model.config import BackboneConfig, LamConfig, ModelConfig, _check
-from model.head_config import L1HeadConfig
+from lavla.model.config import BackboneConfig, LamConfig, ModelConfig, _check
+from lavla.model.head_config import L1HeadConfig
 
 FPT_STRATEGIES = ("baseline", "la_align", "la_direct", "la_cond", "la_tok")
 
@@ -26,7 +26,7 @@ class LatentTargetConfig:
     lam: LamConfig = field(default_factory=LamConfig)
     """The online LAM (must match the checkpoint in ``lam_init``)."""
     lam_init: str = ""
-    """Export directory of a trained LAM (``python -m launcher.export_policy`` of a ``type: lam`` run)
+    """Export directory of a trained LAM (``python -m lavla.launcher.export_policy`` of a ``type: lam`` run)
     whose ``lam.*`` weights initialise the online LAM; empty = random init (tests only)."""
     lam_trainable: bool = False
     """Train the online LAM with the policy (Pixels-to-Tokens and LAPA keep it frozen)."""
@@ -154,7 +154,7 @@ class LapaConfig(ModelConfig):
     num_bins: int = 256
     """Stage 3: quantile bins per action dimension (LAPA: 256, duplicates dropped)."""
     bins_path: str = ""
-    """Stage 3: bins JSON from ``python -m launcher.fit_action_bins``; empty = fit at build time from the data."""
+    """Stage 3: bins JSON from ``python -m lavla.launcher.fit_action_bins``; empty = fit at build time from the data."""
     bins_fit_samples: int = 20000
     """Stage 3: action samples read to fit the bins when ``bins_path`` is empty."""
     text_loss_weight: float = 0.0

@@ -29,18 +29,15 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
     session.config._shm_session_start = time.time()  # type: ignore[attr-defined]
     try:
-        import deepspeed
-        from deepspeed.accelerator import get_accelerator
-    except ImportError:
+        from lavla.trainer.jit_ops import prepare_shm_comm_op
+    except ImportError:  # no deepspeed
         return
-    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
-    if builder is not None and deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
-        try:
-            builder.load(verbose=False)
-        except Exception as e:  # the first multi-rank test retries the build and reports it
-            import warnings
+    try:
+        prepare_shm_comm_op()
+    except Exception as e:  # the first multi-rank test retries the build and reports it
+        import warnings
 
-            warnings.warn(f"pre-building DeepSpeed's shm comm op failed: {e}")
+        warnings.warn(f"pre-building DeepSpeed's shm comm op failed: {e}")
 
 
 SHM_GLOB = "deepspeed_allreduce_buffer_*"

@@ -40,7 +40,7 @@ def run_dir(tmp_path_factory, tiny_world_args) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(run_dir, tmp_path_factory) -> tuple[Path, dict]:
-    from trainer.export import export_policy
+    from lavla.trainer.export import export_policy
 
     out = tmp_path_factory.mktemp("export") / "policy"
     meta = export_policy(run_dir, out)
@@ -49,15 +49,15 @@ def exported(run_dir, tmp_path_factory) -> tuple[Path, dict]:
 
 @pytest.fixture(scope="module")
 def policy(exported):
-    from model.policy_io import load_policy
+    from lavla.model.policy_io import load_policy
 
     return load_policy(exported[0])
 
 
 def _pipeline(ckpt: Path):
     """The run's own data pipeline, in process (rank 0 of 1, micro batch B)."""
-    from data_service.pipeline import build_data
-    from trainer.config_io import load_config
+    from lavla.data_service.pipeline import build_data
+    from lavla.trainer.config_io import load_config
 
     cfg = load_config(["--config", str(ckpt / "config.yaml")])
     return build_data(cfg.data, rank=0, world_size=1, micro_batch_size=B, grad_accum=1, is_local_leader=True,
@@ -83,7 +83,7 @@ def _consolidated(ckpt: Path) -> dict[str, torch.Tensor]:
 
 
 def test_export_equals_the_consolidated_fp32_state(run_dir, exported):
-    from model.policy_io import read_weights, sha256_file
+    from lavla.model.policy_io import read_weights, sha256_file
 
     out, meta = exported
     ckpt = run_dir / "checkpoints" / "step_00000003"
@@ -142,7 +142,7 @@ def _predict_in_fresh_process(export_dir: Path, batch: dict, tmp_path: Path, blo
 import sys, json, torch
 if {block_deepspeed!r}:
     sys.modules["deepspeed"] = None  # import deepspeed -> ImportError; find_spec -> None
-from model.policy_io import load_policy
+from lavla.model.policy_io import load_policy
 p = load_policy({str(export_dir)!r})
 batch = torch.load({str(tmp_path / 'batch.pt')!r}, weights_only=False)
 a = p.predict_action(batch, generator=torch.Generator().manual_seed(7))
@@ -173,8 +173,8 @@ def test_predict_action_is_seeded_finite_and_zero_in_padded_dims(policy, batch):
 
 
 def test_loaded_forward_loss_equals_build_model_with_consolidated_state(run_dir, policy, batch):
-    from model.factory import build_model
-    from trainer.config_io import load_config
+    from lavla.model.factory import build_model
+    from lavla.trainer.config_io import load_config
 
     ckpt = run_dir / "checkpoints" / "step_00000003"
     cfg = load_config(["--config", str(ckpt / "config.yaml")])
@@ -230,7 +230,7 @@ def test_unnormalize_action_inverts_the_pipeline_normalization(policy, data_bund
 
 
 def test_altered_or_truncated_weights_are_refused(exported, tmp_path):
-    from model.policy_io import PolicyLoadError, load_policy
+    from lavla.model.policy_io import PolicyLoadError, load_policy
 
     src, _ = exported
     flipped = tmp_path / "flipped"
@@ -250,7 +250,7 @@ def test_altered_or_truncated_weights_are_refused(exported, tmp_path):
 
 
 def test_incomplete_checkpoint_is_refused_naming_it(run_dir, tmp_path):
-    from trainer.export import (
+    from lavla.trainer.export import (
         IncompleteCheckpointError,
         export_policy,
         resolve_checkpoint,
@@ -271,17 +271,17 @@ def test_incomplete_checkpoint_is_refused_naming_it(run_dir, tmp_path):
         resolve_checkpoint(run, tag="step_00000004")
     assert not (tmp_path / "out").exists()
 
-    proc = subprocess.run([sys.executable, "-m", "launcher.export_policy", str(cut), "--out", str(tmp_path / "out")],
+    proc = subprocess.run([sys.executable, "-m", "lavla.launcher.export_policy", str(cut), "--out", str(tmp_path / "out")],
                           cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 2 and "step_00000004" in proc.stderr and "COMPLETE" in proc.stderr
     assert not (tmp_path / "out").exists()
 
 
 def test_cli_exports_a_tag_and_refuses_to_overwrite(run_dir, tmp_path):
-    from model.policy_io import load_policy, read_weights
+    from lavla.model.policy_io import load_policy, read_weights
 
     out = tmp_path / "cli_policy"
-    cmd = [sys.executable, "-m", "launcher.export_policy", str(run_dir), "--out", str(out), "--tag", "step_00000002"]
+    cmd = [sys.executable, "-m", "lavla.launcher.export_policy", str(run_dir), "--out", str(out), "--tag", "step_00000002"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta = json.loads(proc.stdout)  # stdout holds export.json only (DeepSpeed's chatter goes to stderr)
@@ -302,11 +302,11 @@ def test_hf_backbone_export_writes_assets_ties_and_relocates(tiny_world_args, tm
     with DeepSpeed unimportable, predicting what the checkpoint's own model predicts."""
     pytest.importorskip("transformers")
     pytest.importorskip("peft")
-    from model.factory import build_model
-    from model.hf_testing import write_tiny_qwen3_vl
-    from model.policy_io import load_policy
-    from trainer.config_io import load_config
-    from trainer.export import export_policy
+    from lavla.model.factory import build_model
+    from lavla.model.hf_testing import write_tiny_qwen3_vl
+    from lavla.model.policy_io import load_policy
+    from lavla.trainer.config_io import load_config
+    from lavla.trainer.export import export_policy
 
     qwen = write_tiny_qwen3_vl(tmp_path / "qwen", num_layers=2, tie_word_embeddings=True)
     run = tmp_path / "run"
@@ -367,8 +367,8 @@ class _Tied(nn.Module):
 
 
 def test_tied_weights_buffers_and_extra_state_round_trip(tmp_path):
-    from model.policy_io import load_state_dict_strict, read_weights
-    from trainer.export import save_state_dict
+    from lavla.model.policy_io import load_state_dict_strict, read_weights
+    from lavla.trainer.export import save_state_dict
 
     src = _Tied()
     with torch.no_grad():

@@ -19,7 +19,7 @@ def test_suite_writes_results_with_provenance(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     record = json.loads((tmp_path / "codebook_lookup.json").read_text())
     assert record["git_commit"] == "0123abcd" and record["date"].startswith("20")
-    assert record["command"].startswith("python -m kernels.bench")
+    assert record["command"].startswith("python -m lavla.kernels.bench")
     assert [r["k"] for r in record["results"]] == [8, 128, 1024]
     assert (tmp_path / "codebook_lookup.log").read_text().strip()
 

@@ -44,11 +44,11 @@ def test_lam_recipe_trains_through_the_trainer(lam_run):
 
 
 def test_annotation_job_writes_every_step_and_resumes(lam_run, tmp_path):
-    from data_service.config import DatasetEntry
-    from data_service.latent_store import LatentStore
-    from data_service.sources import open_source
-    from launcher.annotate_latents import main, read_episode_frames
-    from trainer.export import load_checkpoint_model
+    from lavla.data_service.config import DatasetEntry
+    from lavla.data_service.latent_store import LatentStore
+    from lavla.data_service.sources import open_source
+    from lavla.launcher.annotate_latents import main, read_episode_frames
+    from lavla.trainer.export import load_checkpoint_model
 
     run_dir, dataset = lam_run
     out = tmp_path / "latents.zarr"
@@ -72,7 +72,7 @@ def test_annotation_job_writes_every_step_and_resumes(lam_run, tmp_path):
     np.testing.assert_allclose(emb, lat.quantized.numpy(), rtol=1e-5, atol=1e-6)
 
     # A re-run skips completed episodes; another split needs its own store (episode indices collide).
-    from launcher.annotate_latents import parse_args, run
+    from lavla.launcher.annotate_latents import parse_args, run
 
     assert run(parse_args(args)) == {"episodes": 0, "steps": 0, "skipped": 4}
     with pytest.raises(ValueError, match="other splits"):
@@ -83,7 +83,7 @@ def test_annotation_job_writes_every_step_and_resumes(lam_run, tmp_path):
 
 
 def test_checkpoint_resolution_errors(tmp_path):
-    from trainer.export import ExportError, IncompleteCheckpointError, load_checkpoint_model
+    from lavla.trainer.export import ExportError, IncompleteCheckpointError, load_checkpoint_model
 
     with pytest.raises(ExportError, match="neither a run directory"):
         load_checkpoint_model(tmp_path)
@@ -96,7 +96,7 @@ def test_checkpoint_resolution_errors(tmp_path):
 
 
 def test_probe_cli_reports_accuracy_and_chance(lam_run, capsys):
-    from launcher.lam_probe import main
+    from lavla.launcher.lam_probe import main
 
     run_dir, dataset = lam_run
     assert main(["--checkpoint", str(run_dir), "--data", str(dataset)]) == 0

@@ -14,14 +14,14 @@ import time
 import pytest
 import torch
 
-from data_service.config import DataConfig, DatasetEntry, SyntheticDataConfig
-from data_service.pipeline import build_data
-from data_service.sources import open_source
-from data_service.synthetic import generate_synthetic_world
-from launcher.lam_probe import collect_latents, probe_latents
-from model.config import FrameEncoderConfig, LamConfig, LamPretrainConfig
-from model.quantizer import find_quantizers
-from model.recipes.lam_pretrain import LamPretrainPolicy
+from lavla.data_service.config import DataConfig, DatasetEntry, SyntheticDataConfig
+from lavla.data_service.pipeline import build_data
+from lavla.data_service.sources import open_source
+from lavla.data_service.synthetic import generate_synthetic_world
+from lavla.launcher.lam_probe import collect_latents, probe_latents
+from lavla.model.config import FrameEncoderConfig, LamConfig, LamPretrainConfig
+from lavla.model.quantizer import find_quantizers
+from lavla.model.recipes.lam_pretrain import LamPretrainPolicy
 
 pytestmark = pytest.mark.slow
 

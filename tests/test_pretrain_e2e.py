@@ -89,7 +89,7 @@ def test_nonfinite_steps_are_skipped_then_the_run_stops(tmp_path, tiny_world_arg
 
 def test_profile_run_writes_trace_report_and_plot(tmp_path, tiny_world_args):
     run_dir = tmp_path / "prof"
-    proc = subprocess.run([sys.executable, "-m", "launcher.profile_run", *tiny_world_args, f"--run.dir={run_dir}",
+    proc = subprocess.run([sys.executable, "-m", "lavla.launcher.profile_run", *tiny_world_args, f"--run.dir={run_dir}",
                            "--steps", "4", "--warmup", "2"], cwd=REPO, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -46,7 +46,7 @@ def _train(recipe: str, world: list[str], run_dir: Path, steps: int = 16, *extra
 
 
 def _export(run_dir: Path, out: Path) -> Path:
-    from trainer.export import export_policy
+    from lavla.trainer.export import export_policy
 
     export_policy(run_dir, out)
     return out
@@ -71,7 +71,7 @@ def test_lapa_stage_2_then_stage_3_from_its_export(tmp_path: Path, tiny_world_ar
 
 
 def test_baseline_on_a_tiny_qwen3_vl_with_lora(tmp_path: Path, tiny_world_args: list[str]) -> None:
-    from model.hf_testing import write_tiny_qwen3_vl
+    from lavla.model.hf_testing import write_tiny_qwen3_vl
 
     qwen = write_tiny_qwen3_vl(tmp_path / "qwen")
     _train("baseline", tiny_world_args, tmp_path / "run", 12, "--model.backbone.kind=hf",

@@ -89,7 +89,7 @@ def test_convert_checkpoint_command_matches_the_zero_partitions(tmp_path, refere
 
     ckpt = tmp_path / "checkpoints" / "step_00000002"
     shutil.copytree(reference / "checkpoints" / "step_00000002", ckpt)
-    proc = subprocess.run([sys.executable, "-m", "launcher.convert_checkpoint", str(ckpt)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "lavla.launcher.convert_checkpoint", str(ckpt)], cwd=REPO,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (ckpt / "UNIVERSAL_COMPLETE").is_file() and not list(ckpt.glob(".universal.tmp*"))

@@ -1,8 +1,8 @@
 """MFU and peak memory of a recipe at full size, on random weights and random batches.
 
-    python -m trainer.bench_mfu --recipe lara --full-size [--micro-batch 8] [--steps 10] [--out bench/results/x.json]
+    python -m lavla.trainer.bench_mfu --recipe lara --full-size [--micro-batch 8] [--steps 10] [--out bench/results/x.json]
     deepspeed --num_gpus 8 trainer/bench_mfu.py --recipe lara --full-size      (ZeRO-3 across 8 GPUs)
-    python -m trainer.bench_mfu --recipe baseline --full-size --flops-only --micro-batch 1   (FLOPs only, CPU)
+    python -m lavla.trainer.bench_mfu --recipe baseline --full-size --flops-only --micro-batch 1   (FLOPs only, CPU)
 
 Builds the recipe's module exactly as training does (``trainer.engine.build_engine``: one
 DeepSpeed engine, frozen towers frozen, optional activation checkpointing), feeds batches of the
@@ -29,8 +29,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script by the deepspeed launcher
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__":
+    # Run by path (``deepspeed trainer/bench_mfu.py``), Python puts the script's own folder first on sys.path,
+    # where a module of ours (evaluate.py, profiling.py) would shadow an installed package of that name. The
+    # project imports only as ``lavla.*``, so the entry goes.
+    _HERE = os.path.dirname(os.path.realpath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _HERE]
 
 import torch
 
@@ -86,7 +90,7 @@ def full_size_overrides(recipe: str, arch_dir: Path = ARCHITECTURE_DIR) -> list[
     """The recipe's full-size preset with its placeholders resolved (writing what they name)."""
     preset = FULL_SIZE.get(recipe, [])
     if any("{qwen3_vl_2b}" in a for a in preset):
-        from model.hf_testing import write_qwen3_vl_2b_architecture
+        from lavla.model.hf_testing import write_qwen3_vl_2b_architecture
 
         path = write_qwen3_vl_2b_architecture(arch_dir / "qwen3_vl_2b_instruct_architecture")
         preset = [a.replace("{qwen3_vl_2b}", str(path)) for a in preset]
@@ -124,7 +128,7 @@ def random_batch(cfg: Any, batch_size: int, device: torch.device, generator: tor
 
 
 def bench(argv: list[str]) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m trainer.bench_mfu", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lavla.trainer.bench_mfu", description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", default="lara", help="model.type to benchmark")
     parser.add_argument("--full-size", action="store_true", help="apply the recipe's full-size preset")
     parser.add_argument("--micro-batch", type=int, default=8, help="samples per rank per step")
@@ -141,11 +145,11 @@ def bench(argv: list[str]) -> dict[str, Any]:
     if args.flops_only:
         return _flops_only(args, overrides, argv)
 
-    from trainer import distributed as dist_utils
-    from trainer.engine import build_engine
-    from trainer.flops import count_flops, device_peak_flops, forward_flops_by_child
-    from trainer.provenance import provenance
-    from trainer.timing import peak_memory_gib
+    from lavla.trainer import distributed as dist_utils
+    from lavla.trainer.engine import build_engine
+    from lavla.trainer.flops import count_flops, device_peak_flops, forward_flops_by_child
+    from lavla.trainer.provenance import provenance
+    from lavla.trainer.timing import peak_memory_gib
 
     dist_utils.init_distributed()
     world = dist_utils.world_size()
@@ -200,7 +204,7 @@ def bench(argv: list[str]) -> dict[str, Any]:
         "tflops_per_device": flops_per_step / seconds / 1e12,
         "mfu": flops_per_step / seconds / peak if peak else None,
         **peak_memory_gib(reset=False),
-        "torch": torch.__version__, **provenance("trainer.bench_mfu", argv),
+        "torch": torch.__version__, **provenance("lavla.trainer.bench_mfu", argv),
     }
     if dist_utils.is_main():
         _report(result, args.out)
@@ -209,7 +213,7 @@ def bench(argv: list[str]) -> dict[str, Any]:
 
 def _recipe_config(args: argparse.Namespace, overrides: list[str]) -> Any:
     """The base YAML switched to ``--recipe``, its full-size preset if asked, no synthetic data."""
-    from trainer.config_io import load_config
+    from lavla.trainer.config_io import load_config
 
     preset = full_size_overrides(args.recipe) if args.full_size else []
     if args.full_size and not preset:
@@ -226,9 +230,9 @@ def _report(result: dict[str, Any], out: str) -> None:
 
 
 def _flops_only(args: argparse.Namespace, overrides: list[str], argv: list[str]) -> dict[str, Any]:
-    from model.factory import build_model
-    from trainer.flops import count_flops, forward_flops_by_child
-    from trainer.provenance import provenance
+    from lavla.model.factory import build_model
+    from lavla.trainer.flops import count_flops, forward_flops_by_child
+    from lavla.trainer.provenance import provenance
 
     cfg = _recipe_config(args, overrides)
     torch.manual_seed(0)
@@ -245,7 +249,7 @@ def _flops_only(args: argparse.Namespace, overrides: list[str], argv: list[str])
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "flops_per_step": total, "flops_per_sample": total / args.micro_batch,
         "forward_flops_by_module": forward_flops_by_child(model, lambda: model(batch)),
-        "torch": torch.__version__, **provenance("trainer.bench_mfu", argv),
+        "torch": torch.__version__, **provenance("lavla.trainer.bench_mfu", argv),
     }
     _report(result, args.out)
     return result

@@ -36,9 +36,9 @@ from typing import Any
 
 import torch
 
-from trainer import distributed as dist_utils
-from trainer import faults
-from trainer.universal import UNIVERSAL_CLIENT_STATE, UNIVERSAL_DIR, ensure_converted
+from lavla.trainer import distributed as dist_utils
+from lavla.trainer import faults
+from lavla.trainer.universal import UNIVERSAL_CLIENT_STATE, UNIVERSAL_DIR, ensure_converted
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ def needs_universal(ckpt: CheckpointInfo | None, world_size: int, allowed: bool)
     if not allowed:
         raise RuntimeError(
             f"{ckpt.path} was written by {saved_world_size(ckpt)} ranks but this job has {world_size}; "
-            "set checkpoint.convert_on_world_size_change=true (or run python -m launcher.convert_checkpoint) "
+            "set checkpoint.convert_on_world_size_change=true (or run python -m lavla.launcher.convert_checkpoint) "
             "to resume through a DeepSpeed universal checkpoint"
         )
     return True

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from data_service.config import DataConfig
-from model.config import ModelConfig
+from lavla.data_service.config import DataConfig
+from lavla.model.config import ModelConfig
 
 
 def _default_model() -> ModelConfig:

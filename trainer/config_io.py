@@ -22,7 +22,7 @@ import draccus
 import yaml
 from draccus.utils import DecodingError, ParsingError
 
-from trainer.config import PretrainConfig
+from lavla.trainer.config import PretrainConfig
 
 
 class ConfigError(ValueError):

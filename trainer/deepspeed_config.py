@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainer.config import PretrainConfig
+from lavla.trainer.config import PretrainConfig
 
 # Parameters that should never be weight-decayed, matched on the parameter name.
 _NO_DECAY_MARKERS = ("bias", "norm", "embed", "pos_emb", "queries", "codebook", "token_type")

@@ -8,6 +8,10 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
+from lavla.trainer.jit_ops import prepare_shm_comm_op
+from lavla.trainer.ports import free_port, port_in_use_message
+from lavla.trainer.waiting import report_while_waiting
+
 
 def init_distributed() -> None:
     """Join the process group DeepSpeed's launcher set up (gloo on CPU, NCCL on CUDA); a plain
@@ -24,9 +28,23 @@ def init_distributed() -> None:
         os.environ.setdefault("LOCAL_RANK", "0")
         os.environ.setdefault("WORLD_SIZE", "1")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
-    deepspeed.init_distributed(verbose=False)
+        os.environ.setdefault("MASTER_PORT", str(free_port(29500 + os.getpid() % 1000)))
+    prepare_shm_comm_op()  # a stale build lock would otherwise stall init_distributed in silence
+    env = os.environ
+    what = (f"the rendezvous of {env.get('WORLD_SIZE', '?')} ranks at {env.get('MASTER_ADDR', '?')}:"
+            f"{env.get('MASTER_PORT', '?')} (this is rank {env.get('RANK', '?')}; are all ranks started?)")
+    try:
+        with report_while_waiting(what):
+            deepspeed.init_distributed(verbose=False)
+    except RuntimeError as e:  # torch's DistNetworkError included
+        if "EADDRINUSE" in str(e) or "address already in use" in str(e).lower():
+            raise PortInUseError(port_in_use_message(env.get("MASTER_PORT", "?"))) from e
+        raise
     _unlink_shm_allreduce_buffers()
+
+
+class PortInUseError(RuntimeError):
+    """The rendezvous port is taken (another job on the machine); the message names the fix."""
 
 
 def _unlink_shm_allreduce_buffers() -> None:

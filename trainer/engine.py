@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainer.activation_checkpointing import apply_activation_checkpointing
-from trainer.config import PretrainConfig
-from trainer.deepspeed_config import build_deepspeed_config, gradient_accumulation_steps, parameter_groups
+from lavla.trainer.activation_checkpointing import apply_activation_checkpointing
+from lavla.trainer.config import PretrainConfig
+from lavla.trainer.deepspeed_config import build_deepspeed_config, gradient_accumulation_steps, parameter_groups
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def build_engine(cfg: PretrainConfig, world_size: int, load_universal: bool = Fa
     """Returns ``(engine, lr_scheduler)``. Every rank builds the same initial weights (shared seed)."""
     import deepspeed
 
-    from model.factory import build_model
+    from lavla.model.factory import build_model
 
     ds_config = build_deepspeed_config(cfg, world_size, load_universal=load_universal)
     torch.manual_seed(cfg.run.seed)

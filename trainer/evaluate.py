@@ -34,7 +34,7 @@ The probe target is the sum of the first ``probe_horizon`` valid actions of the 
 when ``normalizers`` are given: signs are meaningful there), i.e. the motion between x_t and
 x_{t+H} with ``probe_horizon = H``, as ``launcher/lam_probe.py``. Rows are ordered by ``sample_id``;
 the first ``probe_fit_frac`` fit the probe, the rest score it (windows of one episode may fall on
-both sides; ``python -m launcher.lam_probe`` splits by episode).
+both sides; ``python -m lavla.launcher.lam_probe`` splits by episode).
 
 Distributed (``distributed=True``, used by the trainer under ZeRO-3): every rank passes its own shard
 with the same number of batches, the module runs the same calls on every rank whatever the data
@@ -63,7 +63,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from data_service.schema import supervision_mask
+from lavla.data_service.schema import supervision_mask
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def linear_probe(features: Tensor, motion: Tensor, *, ids: Tensor | None = None,
     rows moving less than ``min_norm`` are dropped) scored against the majority class. Returns {}
     when there are fewer than ``min_rows`` rows on either side or no usable target dim.
     """
-    from model.probe import (
+    from lavla.model.probe import (
         direction_labels,
         fit_logistic_probe,
         fit_ridge_probe,
@@ -207,7 +207,7 @@ def can_score_latents(model: nn.Module) -> bool:
         return False
     if getattr(getattr(model, "cfg", None), "stage", "latent") != "latent":  # lapa_action
         return False
-    from model.latent_targets import LatentSource
+    from lavla.model.latent_targets import LatentSource
 
     return callable(getattr(getattr(model, "tokenizer", None), "tokenize", None)) or isinstance(
         getattr(model, "latent", None), LatentSource)
@@ -621,7 +621,7 @@ def eval_data_config(data_cfg: Any, split: str, latent_labels: str = "") -> Any:
 
 def probe_horizon_of(bundle: Any, data_cfg: Any) -> int:
     """The LAM stride H of the first mixture dataset with actions (the probe's motion window)."""
-    from data_service.pipeline import lam_stride
+    from lavla.data_service.pipeline import lam_stride
 
     for source, norm in zip(bundle.sources, bundle.normalizers):
         if norm.stats.action.dim > 0:
@@ -660,8 +660,8 @@ class PeriodicEvaluator:
         return every > 0 and (step % every == 0 or step == self.cfg.trainer.max_steps)
 
     def _build(self) -> None:
-        from data_service.pipeline import build_data
-        from trainer import distributed as dist_utils
+        from lavla.data_service.pipeline import build_data
+        from lavla.trainer import distributed as dist_utils
 
         data_cfg = eval_data_config(self.cfg.data, self.cfg.eval.split, self.cfg.eval.latent_labels)
         try:
@@ -675,7 +675,7 @@ class PeriodicEvaluator:
 
     def run(self, module: nn.Module, step: int) -> dict[str, float]:
         """Evaluate (collective: every rank, same step); returns ``{eval/<metric>: value}`` on every rank."""
-        from trainer import distributed as dist_utils
+        from lavla.trainer import distributed as dist_utils
 
         t0 = time.perf_counter()
         client = self.data.client

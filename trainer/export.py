@@ -1,6 +1,6 @@
 """Export a trained policy from a DeepSpeed checkpoint to a directory loadable without DeepSpeed.
 
-``python -m launcher.export_policy <run dir | checkpoint dir> --out DIR [--tag TAG]``
+``python -m lavla.launcher.export_policy <run dir | checkpoint dir> --out DIR [--tag TAG]``
 
 1. Resolve the checkpoint: a run directory gives its newest *complete* checkpoint (the logic of
    ``--resume=auto``); a checkpoint directory must carry its ``COMPLETE`` marker (a save cut off
@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from model.policy_io import (
+from lavla.model.policy_io import (
     ALIASES_METADATA_KEY,
     CONFIG_FILE,
     EXPORT_FORMAT,
@@ -51,7 +51,7 @@ from model.policy_io import (
     load_state_dict_strict,
     sha256_file,
 )
-from trainer.checkpoint import (
+from lavla.trainer.checkpoint import (
     COMPLETE_MARKER,
     CheckpointInfo,
     find_resume_checkpoint,
@@ -230,7 +230,7 @@ def apply_overrides(model_cfg: Any, overrides: dict[str, Any], source: str = "ex
 
 
 def _export_assets(model: nn.Module, out: Path) -> dict[str, Any]:
-    from model.vl_backbone import VLBackbone
+    from lavla.model.vl_backbone import VLBackbone
 
     overrides: dict[str, Any] = {}
     for name, sub in model.named_modules():
@@ -247,7 +247,7 @@ def _export_assets(model: nn.Module, out: Path) -> dict[str, Any]:
 def _normalization_facts(stats: dict[str, Any], mode: str) -> dict[str, Any]:
     """Mode and per-dataset absolute action dims: what inverting the normalization needs
     besides the statistics (the registry may not know the dataset on the robot side)."""
-    from data_service.registry import get_spec
+    from lavla.data_service.registry import get_spec
 
     datasets: dict[str, Any] = {}
     for name in stats:
@@ -278,8 +278,8 @@ def _versions() -> dict[str, str]:
 
 def _load_checkpoint_model(ckpt: CheckpointInfo) -> tuple[nn.Module, Any]:
     """Steps 2-3: the model of ``ckpt`` built from its config.yaml with its consolidated state, in eval mode."""
-    from model.factory import build_model
-    from trainer.config_io import ConfigError, load_config
+    from lavla.model.factory import build_model
+    from lavla.trainer.config_io import ConfigError, load_config
 
     try:
         cfg = load_config(["--config", str(ckpt.path / CONFIG_FILE)])
@@ -312,8 +312,8 @@ def export_policy(source: str | os.PathLike, out: str | os.PathLike, *, tag: str
 
     Returns the contents of ``export.json``. ``out`` must not exist unless ``overwrite``; it
     appears only once complete (and, with ``verify``, loaded back successfully)."""
-    from model.config import ModelConfig
-    from trainer.config_io import dump_config
+    from lavla.model.config import ModelConfig
+    from lavla.trainer.config_io import dump_config
 
     t0 = time.perf_counter()
     out = Path(out).absolute()

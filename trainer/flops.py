@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from trainer.activation_checkpointing import count_recompute_flops
+from lavla.trainer.activation_checkpointing import count_recompute_flops
 
 # Dense bf16 tensor-core peak per device. Order matters: the first substring found in
 # ``torch.cuda.get_device_name()`` wins, so specific variants precede the family name.

@@ -17,25 +17,25 @@ from typing import Any
 
 import torch
 
-from trainer import distributed as dist_utils
-from trainer import faults
-from trainer.checkpoint import CheckpointManager, find_resume_checkpoint, needs_universal
-from trainer.config import PretrainConfig
-from trainer.config_io import dump_config
-from trainer.deepspeed_config import gradient_accumulation_steps
-from trainer.engine import build_engine, sync_lr_schedule
-from trainer.evaluate import PeriodicEvaluator
-from trainer.flops import count_flops, device_peak_flops
-from trainer.media import collect_media, has_media, write_pngs
-from trainer.metrics import MetricAccumulator, MetricsSink
-from trainer.model_hooks import QuantizerHooks
-from trainer.nonfinite import NonFiniteGuard, NonFiniteLossError
-from trainer.profiling import StepProfiler
-from trainer.progress import ProgressBar
-from trainer.signals import PreemptionFlag
-from trainer.throughput import ThroughputModel, tokens_per_sample
-from trainer.throughput_report import write_report
-from trainer.timing import StepTimer, peak_memory_gib
+from lavla.trainer import distributed as dist_utils
+from lavla.trainer import faults
+from lavla.trainer.checkpoint import CheckpointManager, find_resume_checkpoint, needs_universal
+from lavla.trainer.config import PretrainConfig
+from lavla.trainer.config_io import dump_config
+from lavla.trainer.deepspeed_config import gradient_accumulation_steps
+from lavla.trainer.engine import build_engine, sync_lr_schedule
+from lavla.trainer.evaluate import PeriodicEvaluator
+from lavla.trainer.flops import count_flops, device_peak_flops
+from lavla.trainer.media import collect_media, has_media, write_pngs
+from lavla.trainer.metrics import MetricAccumulator, MetricsSink
+from lavla.trainer.model_hooks import QuantizerHooks
+from lavla.trainer.nonfinite import NonFiniteGuard, NonFiniteLossError
+from lavla.trainer.profiling import StepProfiler
+from lavla.trainer.progress import ProgressBar
+from lavla.trainer.signals import PreemptionFlag
+from lavla.trainer.throughput import ThroughputModel, tokens_per_sample
+from lavla.trainer.throughput_report import write_report
+from lavla.trainer.timing import StepTimer, peak_memory_gib
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def _write_run_config(run_dir: Path, config_yaml: str) -> None:
 
 def run(cfg: PretrainConfig) -> dict[str, Any]:
     """Train according to ``cfg``; returns a summary (final step, exit reason, last metrics)."""
-    from data_service.pipeline import build_data
+    from lavla.data_service.pipeline import build_data
 
     dist_utils.init_distributed()
     _setup_logging()

@@ -17,8 +17,8 @@ from typing import Any, Mapping
 
 import torch
 
-from trainer import distributed as dist_utils
-from trainer.config import LoggingConfig, PretrainConfig
+from lavla.trainer import distributed as dist_utils
+from lavla.trainer.config import LoggingConfig, PretrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from model.quantizer import Quantizer, find_quantizers
+from lavla.model.quantizer import Quantizer, find_quantizers
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from trainer.config import ProfileConfig
+from lavla.trainer.config import ProfileConfig
 
 log = logging.getLogger(__name__)
 

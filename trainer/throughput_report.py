@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from trainer.timing import PHASES
+from lavla.trainer.timing import PHASES
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ config ``checkpoint.load_universal``. Here that conversion is:
 
 * automatic: on resume, when the saved world size differs from this job's, rank 0 converts the
   checkpoint once into ``<checkpoint>/universal/`` (the other ranks wait for it);
-* manual: ``python -m launcher.convert_checkpoint <checkpoint dir>`` does the same offline.
+* manual: ``python -m lavla.launcher.convert_checkpoint <checkpoint dir>`` does the same offline.
 
 The conversion is complete-or-invisible like the checkpoints themselves: it writes into a
 temporary sibling directory, renames it to ``universal/`` and only then writes the marker file.
@@ -104,7 +104,7 @@ def ensure_converted(ckpt: Path, is_main: bool, workers: int = 1, poll_s: float 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m launcher.convert_checkpoint",
+        prog="python -m lavla.launcher.convert_checkpoint",
         description="Convert a trainer checkpoint (checkpoints/step_XXXXXXXX) to a DeepSpeed universal checkpoint "
         "so it can resume at another world size. Resuming does this automatically; this command does it ahead of time.",
     )
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="converter worker processes")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from trainer.checkpoint import is_complete, list_complete
+    from lavla.trainer.checkpoint import is_complete, list_complete
 
     path = Path(args.checkpoint)
     if not is_complete(path):

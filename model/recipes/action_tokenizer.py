@@ -15,11 +15,11 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from data_service.config import DataConfig
-from data_service.schema import supervision_mask
-from model.action_tokenizer import ActionTokenizer
-from model.action_tokenizer_config import ActionTokenizerConfig
-from model.factory import register_builder, require_equal
+from lavla.data_service.config import DataConfig
+from lavla.data_service.schema import supervision_mask
+from lavla.model.action_tokenizer import ActionTokenizer
+from lavla.model.action_tokenizer_config import ActionTokenizerConfig
+from lavla.model.factory import register_builder, require_equal
 
 
 action_mask = supervision_mask

@@ -14,14 +14,14 @@ import numpy as np
 import torch.nn as nn
 from torch import Tensor
 
-from data_service.config import DataConfig
-from model.config import LamConfig, LamPretrainConfig
-from model.factory import register_builder, require_equal
-from model.lam import LatentActionModel, LatentActions
-from model.lam_config import LapaLamConfig, LapaLamPretrainConfig, UnivlaLamConfig, UnivlaLamPretrainConfig
-from model.layers import eval_no_grad
-from model.media import image_grid, to_uint8_image, usage_histogram_image
-from model.quantizer import Quantizer
+from lavla.data_service.config import DataConfig
+from lavla.model.config import LamConfig, LamPretrainConfig
+from lavla.model.factory import register_builder, require_equal
+from lavla.model.lam import LatentActionModel, LatentActions
+from lavla.model.lam_config import LapaLamConfig, LapaLamPretrainConfig, UnivlaLamConfig, UnivlaLamPretrainConfig
+from lavla.model.layers import eval_no_grad
+from lavla.model.media import image_grid, to_uint8_image, usage_histogram_image
+from lavla.model.quantizer import Quantizer
 
 AnyLamConfig = Union[LamConfig, LapaLamConfig, UnivlaLamConfig]
 AnyLamPretrainConfig = Union[LamPretrainConfig, LapaLamPretrainConfig, UnivlaLamPretrainConfig]
@@ -30,11 +30,11 @@ AnyLamPretrainConfig = Union[LamPretrainConfig, LapaLamPretrainConfig, UnivlaLam
 def build_lam(cfg: AnyLamConfig) -> nn.Module:
     """The LAM for a LAM config (Moto, LAPA or UniVLA style)."""
     if isinstance(cfg, LapaLamConfig):
-        from model.lam_lapa import LapaLatentActionModel
+        from lavla.model.lam_lapa import LapaLatentActionModel
 
         return LapaLatentActionModel(cfg)
     if isinstance(cfg, UnivlaLamConfig):
-        from model.lam_univla import UnivlaLatentActionModel
+        from lavla.model.lam_univla import UnivlaLatentActionModel
 
         return UnivlaLatentActionModel(cfg)
     if isinstance(cfg, LamConfig):

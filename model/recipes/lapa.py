@@ -23,14 +23,14 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from data_service.config import DataConfig
-from data_service.schema import supervision_mask
-from model.action_bins import QuantileActionBins
-from model.factory import register_builder, require_equal
-from model.latent_targets import LatentSource, load_exported_weights
-from model.recipes.pixels_to_tokens import token_ce
-from model.vl_backbone import VLBackbone, build_backbone, gather_positions
-from model.vla_config import LapaActionConfig, LapaConfig, LapaLatentConfig
+from lavla.data_service.config import DataConfig
+from lavla.data_service.schema import supervision_mask
+from lavla.model.action_bins import QuantileActionBins
+from lavla.model.factory import register_builder, require_equal
+from lavla.model.latent_targets import LatentSource, load_exported_weights
+from lavla.model.recipes.pixels_to_tokens import token_ce
+from lavla.model.vl_backbone import VLBackbone, build_backbone, gather_positions
+from lavla.model.vla_config import LapaActionConfig, LapaConfig, LapaLatentConfig
 
 
 class TokenHead(nn.Module):
@@ -133,7 +133,7 @@ def load_or_fit_bins(cfg: LapaConfig, data: DataConfig) -> QuantileActionBins:
         except (OSError, ValueError, KeyError) as e:
             raise ValueError(f"model.bins_path={path}: cannot read action bins ({e})") from e
     else:
-        from data_service.action_quantiles import sample_actions
+        from lavla.data_service.action_quantiles import sample_actions
 
         actions, valid = sample_actions(data, max_samples=cfg.bins_fit_samples, seed=data.seed)
         bins = QuantileActionBins.fit(np.where(valid, actions, np.nan), cfg.num_bins)

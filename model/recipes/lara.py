@@ -17,13 +17,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from data_service.config import DataConfig
-from data_service.schema import supervision_mask
-from model.config import LaraConfig
-from model.factory import register_builder, require_equal
-from model.flow_head import FlowMatchingHead
-from model.lam import LatentActionModel
-from model.vl_backbone import VLBackbone, build_backbone
+from lavla.data_service.config import DataConfig
+from lavla.data_service.schema import supervision_mask
+from lavla.model.config import LaraConfig
+from lavla.model.factory import register_builder, require_equal
+from lavla.model.flow_head import FlowMatchingHead
+from lavla.model.lam import LatentActionModel
+from lavla.model.vl_backbone import VLBackbone, build_backbone
 
 
 class LaraPolicy(nn.Module):

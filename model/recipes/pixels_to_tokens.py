@@ -26,13 +26,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from data_service.config import DataConfig
-from data_service.schema import supervision_mask
-from model.factory import register_builder, require_equal
-from model.l1_head import L1RegressionHead, masked_l1
-from model.latent_targets import LatentSource, LatentTargets, load_exported_weights
-from model.vl_backbone import VLBackbone, VLMOutput, build_backbone, gather_positions
-from model.vla_config import BaselineConfig, FptConfig, LaAlignConfig, LaCondConfig, LaDirectConfig, LaTokConfig
+from lavla.data_service.config import DataConfig
+from lavla.data_service.schema import supervision_mask
+from lavla.model.factory import register_builder, require_equal
+from lavla.model.l1_head import L1RegressionHead, masked_l1
+from lavla.model.latent_targets import LatentSource, LatentTargets, load_exported_weights
+from lavla.model.vl_backbone import VLBackbone, VLMOutput, build_backbone, gather_positions
+from lavla.model.vla_config import BaselineConfig, FptConfig, LaAlignConfig, LaCondConfig, LaDirectConfig, LaTokConfig
 
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
@@ -115,8 +115,8 @@ class PixelsToTokensPolicy(nn.Module):
     def _load_tokenizer(cfg: FptConfig, tok: nn.Module | None) -> tuple[nn.Module, int]:
         if tok is None and not cfg.tokenizer_init:
             raise ValueError("la_tok needs model.tokenizer_init: the export directory of an action tokenizer trained "
-                             "with configs/action_tokenizer.yaml (python -m launcher.export_policy)")
-        from model.policy_io import load_policy
+                             "with configs/action_tokenizer.yaml (python -m lavla.launcher.export_policy)")
+        from lavla.model.policy_io import load_policy
 
         if tok is None:
             tok = load_policy(cfg.tokenizer_init).module

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_service.action_quantiles import quotas, sample_actions
-from data_service.config import DataConfig, DatasetEntry, SyntheticDataConfig
-from data_service.registry import get_spec, register
-from data_service.sources import open_source
+from lavla.data_service.action_quantiles import quotas, sample_actions
+from lavla.data_service.config import DataConfig, DatasetEntry, SyntheticDataConfig
+from lavla.data_service.registry import get_spec, register
+from lavla.data_service.sources import open_source
 
 from .conftest import TinyFactory, tiny_episode
 from .test_loader import reference
@@ -65,7 +65,7 @@ def test_split_subset_and_determinism(data_cfg: DataConfig) -> None:
 def test_mixture_shares_and_video_contributes_nothing(tmp_path: Path, data_cfg: DataConfig,
                                                       make_tiny: TinyFactory) -> None:
     pytest.importorskip("av")
-    from data_service.synthetic import generate_synthetic_human_video
+    from lavla.data_service.synthetic import generate_synthetic_human_video
 
     register(dataclasses.replace(get_spec("synthetic_world"), name="synthetic_world_tiny"))
     tiny = make_tiny([tiny_episode(4 + i, seed=i) for i in range(3)])  # 15 transitions

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_service.config import DataConfig, DatasetEntry
-from data_service.errors import DataError
-from data_service.example_proto import Example
-from data_service.rlds import RLDSDataset
-from data_service.sources import open_source
-from data_service.tfrecord import frame, scan_offsets
+from lavla.data_service.config import DataConfig, DatasetEntry
+from lavla.data_service.errors import DataError
+from lavla.data_service.example_proto import Example
+from lavla.data_service.rlds import RLDSDataset
+from lavla.data_service.sources import open_source
+from lavla.data_service.tfrecord import frame, scan_offsets
 
 from .conftest import TinyFactory, tiny_episode
 

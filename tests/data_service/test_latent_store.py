@@ -10,9 +10,9 @@ import pytest
 
 pytest.importorskip("zarr")
 
-from data_service import latent_store  # noqa: E402
-from data_service.errors import DataError  # noqa: E402
-from data_service.latent_store import LatentStore, LatentStoreWriter  # noqa: E402
+from lavla.data_service import latent_store  # noqa: E402
+from lavla.data_service.errors import DataError  # noqa: E402
+from lavla.data_service.latent_store import LatentStore, LatentStoreWriter  # noqa: E402
 
 Q, D = 4, 6
 

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from data_service.config import DataConfig, DatasetEntry
-from data_service.data_stats import STAT_KEYS
-from data_service.loader import ClientBase, DataClient, PlanMismatchError, SampleReader, build_plan_datasets
-from data_service.pipeline import build_data
-from data_service.plan import SamplePlan
-from data_service.sources import open_source
-from data_service.stats import Normalizer
-from data_service.windowing import make_sample
+from lavla.data_service.config import DataConfig, DatasetEntry
+from lavla.data_service.data_stats import STAT_KEYS
+from lavla.data_service.loader import ClientBase, DataClient, PlanMismatchError, SampleReader, build_plan_datasets
+from lavla.data_service.pipeline import build_data
+from lavla.data_service.plan import SamplePlan
+from lavla.data_service.sources import open_source
+from lavla.data_service.stats import Normalizer
+from lavla.data_service.windowing import make_sample
 
 from .conftest import TinyFactory, tiny_episode
 
@@ -128,7 +128,7 @@ def test_bad_samples_are_replaced_deterministically(make_tiny: TinyFactory) -> N
     a, b = reference(cfg, 32), reference(cfg, 32)
     assert_same_samples(a, b)
     strict = dataclasses.replace(cfg, on_bad_sample="error")
-    from data_service.errors import DataError
+    from lavla.data_service.errors import DataError
 
     with pytest.raises(DataError, match="episode 1.*cannot decode"):
         reference(strict, 32)
@@ -183,7 +183,7 @@ def test_robot_and_human_video_sources_mix_in_one_plan(data_cfg: DataConfig) -> 
 def test_missing_dataset_is_named_before_any_worker_starts(tmp_path: Path, data_cfg: DataConfig) -> None:
     # a missing dataset stops the build with the path named (before any worker starts)
     bad = dataclasses.replace(data_cfg, datasets=[DatasetEntry(path=str(tmp_path / "nope"))])
-    from data_service.errors import DataError
+    from lavla.data_service.errors import DataError
 
     with pytest.raises(DataError, match="nope"):
         make_clients(bad, world=1, micro=1, accum=1)

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from data_service.config import DataConfig, DatasetEntry
-from data_service.data_stats import STAT_KEYS
-from data_service.errors import DataError
-from data_service.registry import get_spec, register
+from lavla.data_service.config import DataConfig, DatasetEntry
+from lavla.data_service.data_stats import STAT_KEYS
+from lavla.data_service.errors import DataError
+from lavla.data_service.registry import get_spec, register
 
 from .conftest import TinyFactory, tiny_episode
 from .test_loader import assert_same_samples, make_clients, reference, run_steps
@@ -141,7 +141,7 @@ def test_bad_samples_through_the_service(ray_local: None, make_tiny: TinyFactory
 
 
 def test_attaching_to_a_service_of_another_plan_is_refused(ray_local: None, data_cfg: DataConfig) -> None:
-    from data_service.ray_service import DataServiceError
+    from lavla.data_service.ray_service import DataServiceError
 
     clients = make_clients(_service(data_cfg, "shared", 1), world=1, micro=2, accum=1)
     try:
@@ -155,8 +155,8 @@ def test_robot_and_human_video_mixture_through_the_service(ray_local: None, tmp_
     """Video sources travel to the decoders as objects and assemble their own action-less samples."""
     pytest.importorskip("av")
     pytest.importorskip("zarr")
-    from data_service.config import SyntheticDataConfig
-    from data_service.synthetic import generate_synthetic_human_video
+    from lavla.data_service.config import SyntheticDataConfig
+    from lavla.data_service.synthetic import generate_synthetic_human_video
 
     videos = generate_synthetic_human_video(SyntheticDataConfig(root=str(tmp_path), train_episodes=4, val_episodes=0,
                                                                 episode_length=12, image_size=32, seed=0))

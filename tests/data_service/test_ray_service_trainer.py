@@ -8,7 +8,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from data_service.data_stats import STAT_KEYS
+from lavla.data_service.data_stats import STAT_KEYS
 from tests.conftest import read_jsonl, run_deepspeed
 
 pytestmark = pytest.mark.slow

@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_service.errors import DataError
-from data_service.registry import EMBODIMENTS, MIXTURES, get_spec, registered_names
-from data_service.rlds import RawEpisode
-from data_service.standardize import (
+from lavla.data_service.errors import DataError
+from lavla.data_service.registry import EMBODIMENTS, MIXTURES, get_spec, registered_names
+from lavla.data_service.rlds import RawEpisode
+from lavla.data_service.standardize import (
     binarize_gripper,
     quat_to_euler,
     relative_to_absolute_gripper,

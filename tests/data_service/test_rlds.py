@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_service.cache import store_json_cache
-from data_service.errors import DataError
-from data_service.rlds import RLDSDataset
-from data_service.splits import resolve_split
+from lavla.data_service.cache import store_json_cache
+from lavla.data_service.errors import DataError
+from lavla.data_service.rlds import RLDSDataset
+from lavla.data_service.splits import resolve_split
 
 from .conftest import TinyFactory, tiny_episode
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_service.config import DataConfig, DatasetEntry, SyntheticDataConfig
-from data_service.decode import decode_image
-from data_service.sim_env import (
+from lavla.data_service.config import DataConfig, DatasetEntry, SyntheticDataConfig
+from lavla.data_service.decode import decode_image
+from lavla.data_service.sim_env import (
     LIFT_HEIGHT,
     PLACE_RADIUS,
     PUSH_DISTANCE,
@@ -30,8 +30,8 @@ from data_service.sim_env import (
     goal_reached,
     rollout,
 )
-from data_service.sources import open_source
-from data_service.synthetic import (
+from lavla.data_service.sources import open_source
+from lavla.data_service.synthetic import (
     DIRECTIONS,
     PLACES,
     Block,
@@ -369,10 +369,10 @@ def test_observation_batch_matches_the_training_pipeline(synthetic_dir: Path) ->
     step: frames through the dataset's codecs (JPEG wrist) and resize, normalized proprio, masks, ids."""
     import torch
 
-    from data_service.stats import Normalizer
-    from data_service.windowing import make_sample
-    from launcher.rollout import observation_batch
-    from model.policy_io import LoadedPolicy
+    from lavla.data_service.stats import Normalizer
+    from lavla.data_service.windowing import make_sample
+    from lavla.launcher.rollout import observation_batch
+    from lavla.model.policy_io import LoadedPolicy
 
     cfg = DataConfig(datasets=[DatasetEntry(path=str(synthetic_dir))], image_size=40, action_horizon=4)
     source = open_source(cfg.datasets[0], cfg)
@@ -405,12 +405,12 @@ def tiny_export(tmp_path_factory) -> Path:
 
     import torch
 
-    from data_service.registry import get_spec
-    from data_service.synthetic import generate_synthetic_world
-    from model.factory import build_model
-    from model.policy_io import EXPORT_FORMAT, EXPORT_FORMAT_VERSION
-    from trainer.config_io import dump_config, load_config
-    from trainer.export import save_state_dict
+    from lavla.data_service.registry import get_spec
+    from lavla.data_service.synthetic import generate_synthetic_world
+    from lavla.model.factory import build_model
+    from lavla.model.policy_io import EXPORT_FORMAT, EXPORT_FORMAT_VERSION
+    from lavla.trainer.config_io import dump_config, load_config
+    from lavla.trainer.export import save_state_dict
 
     root = tmp_path_factory.mktemp("rollout_data")
     syn = {"train_episodes": 4, "val_episodes": 0, "episode_length": 10, "image_size": 32, "seed": 5}
@@ -441,7 +441,7 @@ def tiny_export(tmp_path_factory) -> Path:
 
 
 def _cli(*args: str) -> tuple[int, dict | None]:
-    from launcher.rollout import main
+    from lavla.launcher.rollout import main
 
     buf = io.StringIO()
     with redirect_stdout(buf):
@@ -450,8 +450,8 @@ def _cli(*args: str) -> tuple[int, dict | None]:
 
 
 def test_cli_on_a_tiny_export(tiny_export: Path, tmp_path: Path) -> None:
-    from launcher.rollout import PolicyRunner
-    from model.policy_io import load_policy
+    from lavla.launcher.rollout import PolicyRunner
+    from lavla.model.policy_io import load_policy
 
     args = ["--policy", str(tiny_export), "--episodes", "2", "--max-steps", "3", "--execute-steps", "2", "--seed", "4",
             "--num-steps", "2"]

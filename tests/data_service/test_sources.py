@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_service.config import DataConfig, DatasetEntry
-from data_service.errors import DataError
-from data_service.registry import DatasetSpec, get_spec, register
-from data_service.rlds import RLDSDataset
-from data_service.sources import EpisodeSource, open_source
+from lavla.data_service.config import DataConfig, DatasetEntry
+from lavla.data_service.errors import DataError
+from lavla.data_service.registry import DatasetSpec, get_spec, register
+from lavla.data_service.rlds import RLDSDataset
+from lavla.data_service.sources import EpisodeSource, open_source
 
 
 def test_open_source_synthetic(data_cfg: DataConfig, synthetic_dir: Path) -> None:

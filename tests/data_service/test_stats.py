@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_service.config import DataConfig
-from data_service.sources import open_source
-from data_service.stats import ArrayStats, DatasetStatistics, Normalizer, compute_statistics
+from lavla.data_service.config import DataConfig
+from lavla.data_service.sources import open_source
+from lavla.data_service.stats import ArrayStats, DatasetStatistics, Normalizer, compute_statistics
 
 
 def test_statistics_exact_against_numpy(data_cfg: DataConfig) -> None:
@@ -32,7 +32,7 @@ def test_statistics_are_cached(data_cfg: DataConfig, monkeypatch: pytest.MonkeyP
     src = open_source(data_cfg.datasets[0], data_cfg)
     first = src.statistics()
     assert list(Path(src.dataset.path).glob(".lavla_stats-*.json"))
-    import data_service.sources as sources_mod
+    import lavla.data_service.sources as sources_mod
 
     monkeypatch.setattr(sources_mod, "compute_statistics", lambda *a, **k: pytest.fail("recomputed despite cache"))
     again = open_source(data_cfg.datasets[0], data_cfg).statistics()

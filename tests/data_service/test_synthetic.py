@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_service.config import SyntheticDataConfig
-from data_service.rlds import RLDSDataset
-from data_service.synthetic import World, generate_episode, generate_synthetic_world, render_top, render_wrist
+from lavla.data_service.config import SyntheticDataConfig
+from lavla.data_service.rlds import RLDSDataset
+from lavla.data_service.synthetic import World, generate_episode, generate_synthetic_world, render_top, render_wrist
 
 from .conftest import TINY
 
@@ -85,7 +85,7 @@ def test_instructions_are_diverse() -> None:
 
 
 def test_cli(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "data_service.synthetic", "--out", str(tmp_path), "--train-episodes", "2",
+    out = subprocess.run([sys.executable, "-m", "lavla.data_service.synthetic", "--out", str(tmp_path), "--train-episodes", "2",
                           "--val-episodes", "1", "--episode-length", "6", "--image-size", "16"],
                          capture_output=True, text=True, timeout=120, check=True)
     assert "synthetic_world/1.0.0" in out.stdout

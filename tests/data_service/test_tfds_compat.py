@@ -19,13 +19,13 @@ if os.environ.get("LAVLA_TF_SUBPROCESS") != "1":
     pytest.skip("runs in a child process via test_tfds_compat_driver.py", allow_module_level=True)
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from data_service.config import DataConfig, DatasetEntry  # noqa: E402
-from data_service.registry import get_spec, register  # noqa: E402
-from data_service.rlds import RLDSDataset  # noqa: E402
-from data_service.sources import open_source  # noqa: E402
-from data_service.splits import resolve_split  # noqa: E402
-from data_service.stats import Normalizer  # noqa: E402
-from data_service.windowing import make_sample  # noqa: E402
+from lavla.data_service.config import DataConfig, DatasetEntry  # noqa: E402
+from lavla.data_service.registry import get_spec, register  # noqa: E402
+from lavla.data_service.rlds import RLDSDataset  # noqa: E402
+from lavla.data_service.sources import open_source  # noqa: E402
+from lavla.data_service.splits import resolve_split  # noqa: E402
+from lavla.data_service.stats import Normalizer  # noqa: E402
+from lavla.data_service.windowing import make_sample  # noqa: E402
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

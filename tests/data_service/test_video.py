@@ -15,17 +15,17 @@ import torch
 
 pytest.importorskip("av")
 
-from data_service import video_io  # noqa: E402
-from data_service.config import DataConfig, DatasetEntry, SyntheticDataConfig  # noqa: E402
-from data_service.errors import DataError  # noqa: E402
-from data_service.loader import collate  # noqa: E402
-from data_service.registry import get_spec  # noqa: E402
-from data_service.schema import LIST_KEYS, TENSOR_KEYS  # noqa: E402
-from data_service.sources import open_source  # noqa: E402
-from data_service.stats import DatasetStatistics, Normalizer  # noqa: E402
-from data_service.video import VideoEpisode, VideoSource, make_video_sample  # noqa: E402
-from data_service.video_io import probe, read_all, read_frames  # noqa: E402
-from data_service.windowing import make_sample as make_robot_sample  # noqa: E402
+from lavla.data_service import video_io  # noqa: E402
+from lavla.data_service.config import DataConfig, DatasetEntry, SyntheticDataConfig  # noqa: E402
+from lavla.data_service.errors import DataError  # noqa: E402
+from lavla.data_service.loader import collate  # noqa: E402
+from lavla.data_service.registry import get_spec  # noqa: E402
+from lavla.data_service.schema import LIST_KEYS, TENSOR_KEYS  # noqa: E402
+from lavla.data_service.sources import open_source  # noqa: E402
+from lavla.data_service.stats import DatasetStatistics, Normalizer  # noqa: E402
+from lavla.data_service.video import VideoEpisode, VideoSource, make_video_sample  # noqa: E402
+from lavla.data_service.video_io import probe, read_all, read_frames  # noqa: E402
+from lavla.data_service.windowing import make_sample as make_robot_sample  # noqa: E402
 
 from .video_helpers import csv_dataset, frame_index, indexed_video, write_csv  # noqa: E402
 
@@ -270,7 +270,7 @@ def test_probe_results_are_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     root = csv_dataset(tmp_path / "ds", [6, 7])
     cfg = _cfg(root)
     first = open_source(cfg.datasets[0], cfg)
-    monkeypatch.setattr("data_service.video.probe", lambda *a, **k: pytest.fail("probed again"))
+    monkeypatch.setattr("lavla.data_service.video.probe", lambda *a, **k: pytest.fail("probed again"))
     second = open_source(cfg.datasets[0], cfg)
     assert second.fingerprint == first.fingerprint and second.episode_lengths.tolist() == [6, 7]
 
@@ -279,7 +279,7 @@ def test_probe_results_are_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def test_source_reads_the_frame_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from data_service.prepare import prepare_cache
+    from lavla.data_service.prepare import prepare_cache
 
     root = csv_dataset(tmp_path / "ds", [12, 25], gop=30)
     prepare_cache(root, root / "train.csv", root / "frames.zarr", size=16, progress=False)
@@ -288,8 +288,8 @@ def test_source_reads_the_frame_cache(tmp_path: Path, monkeypatch: pytest.Monkey
     for memory in (0, 1 << 20):  # per-sample chunk reads, and whole clips kept with the episode
         cached = VideoSource(cfg.datasets[0], get_spec(NAME), cfg, episode_memory_bytes=memory)
         assert cached.cache is not None and cached.fingerprint == direct.fingerprint
-        monkeypatch.setattr("data_service.video.read_frames", lambda *a, **k: pytest.fail("decoded the video"))
-        monkeypatch.setattr("data_service.video.read_all", lambda *a, **k: pytest.fail("decoded the video"))
+        monkeypatch.setattr("lavla.data_service.video.read_frames", lambda *a, **k: pytest.fail("decoded the video"))
+        monkeypatch.setattr("lavla.data_service.video.read_all", lambda *a, **k: pytest.fail("decoded the video"))
         ep = cached.read_episode(1)
         got = ep.frames.read([0, 24, 7])
         assert _indices(got) == [0, 24, 7]
@@ -308,7 +308,7 @@ def test_short_clips_are_read_once(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     ep = VideoSource(cfg.datasets[0], get_spec(NAME), cfg).read_episode(0)
     calls = []
     real = video_io.read_all
-    monkeypatch.setattr("data_service.video.read_all", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr("lavla.data_service.video.read_all", lambda *a, **k: calls.append(1) or real(*a, **k))
     for t in range(9):
         assert _indices(ep.frames.read([t, t + 3])) == [t, t + 3]
     assert len(calls) == 1
@@ -321,7 +321,7 @@ SMALL = dict(train_episodes=3, val_episodes=1, episode_length=8, image_size=16, 
 
 
 def test_synthetic_human_videos(tmp_path: Path) -> None:
-    from data_service.synthetic import generate_human_episode, generate_synthetic_world
+    from lavla.data_service.synthetic import generate_human_episode, generate_synthetic_world
 
     a = generate_synthetic_world(SyntheticDataConfig(root=str(tmp_path / "a"), **SMALL), videos=True)
     generate_synthetic_world(SyntheticDataConfig(root=str(tmp_path / "b"), **SMALL), videos=True)
@@ -342,7 +342,7 @@ def test_synthetic_human_videos(tmp_path: Path) -> None:
 
 
 def test_synthetic_cli_writes_videos_by_default(tmp_path: Path) -> None:
-    args = [sys.executable, "-m", "data_service.synthetic", "--out", str(tmp_path), "--train-episodes", "2",
+    args = [sys.executable, "-m", "lavla.data_service.synthetic", "--out", str(tmp_path), "--train-episodes", "2",
             "--val-episodes", "0", "--episode-length", "6", "--image-size", "16"]
     out = subprocess.run(args, capture_output=True, text=True, timeout=120, check=True).stdout
     assert "synthetic_world/1.0.0" in out and NAME in out
@@ -355,8 +355,8 @@ def test_synthetic_cli_writes_videos_by_default(tmp_path: Path) -> None:
 
 def test_robot_and_video_mixture_through_the_data_client(tmp_path: Path, synthetic_dir: Path) -> None:
     """The whole data side (pipeline.build_data) with a video dataset in the mixture."""
-    from data_service.pipeline import build_data
-    from data_service.synthetic import generate_synthetic_human_video
+    from lavla.data_service.pipeline import build_data
+    from lavla.data_service.synthetic import generate_synthetic_human_video
 
     videos = generate_synthetic_human_video(SyntheticDataConfig(root=str(tmp_path), train_episodes=4, val_episodes=0,
                                                                 episode_length=12, image_size=32, seed=0))

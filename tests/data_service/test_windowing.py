@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_service.config import DataConfig
-from data_service.decode import decode_image
-from data_service.errors import DataError
-from data_service.schema import TENSOR_KEYS
-from data_service.sources import open_source
-from data_service.standardize import StandardEpisode
-from data_service.stats import Normalizer, compute_statistics
-from data_service.windowing import action_chunk, make_sample, valid_timesteps
+from lavla.data_service.config import DataConfig
+from lavla.data_service.decode import decode_image
+from lavla.data_service.errors import DataError
+from lavla.data_service.schema import TENSOR_KEYS
+from lavla.data_service.sources import open_source
+from lavla.data_service.standardize import StandardEpisode
+from lavla.data_service.stats import Normalizer, compute_statistics
+from lavla.data_service.windowing import action_chunk, make_sample, valid_timesteps
 
 EXPECTED = {
     "sample_id": (np.int64, ()),

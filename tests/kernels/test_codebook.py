@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernels import codebook as cbk
+from lavla.kernels import codebook as cbk
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

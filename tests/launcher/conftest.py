@@ -79,8 +79,8 @@ class FakeSlurm:
                 "PYTHONPATH": str(REPO), **extra}
 
     def submit(self, launcher_args: list[str], env: dict[str, str]) -> str:
-        """``python -m launcher.slurm ARGS`` (it calls our sbatch); returns the job id."""
-        proc = subprocess.run([sys.executable, "-m", "launcher.slurm", *launcher_args], cwd=REPO, env=env,
+        """``python -m lavla.launcher.slurm ARGS`` (it calls our sbatch); returns the job id."""
+        proc = subprocess.run([sys.executable, "-m", "lavla.launcher.slurm", *launcher_args], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=120, check=False)
         assert proc.returncode == 0, proc.stderr
         line = next(x for x in proc.stdout.splitlines() if x.startswith("submitted job "))

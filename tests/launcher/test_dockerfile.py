@@ -12,7 +12,7 @@ import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from launcher.slurm import CONTAINER_WORKDIR
+from lavla.launcher.slurm import CONTAINER_WORKDIR
 
 from .conftest import REPO
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.hostfile import HostfileError, format_hostfile, main, parse_hostfile, write_hostfile
+from lavla.launcher.hostfile import HostfileError, format_hostfile, main, parse_hostfile, write_hostfile
 
 from .conftest import FAKE_SLURM, REPO
 
@@ -45,7 +45,7 @@ def test_cli_from_slurm_and_check(tmp_path: Path) -> None:
     out = tmp_path / "hf"
     env = {**os.environ, "PATH": f"{FAKE_SLURM}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "gpu01,gpu02",
            "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "launcher.hostfile", "--from-slurm", "--slots", "8", "-o", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "lavla.launcher.hostfile", "--from-slurm", "--slots", "8", "-o", str(out)],
                           env=env, cwd=REPO, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert out.read_text() == "gpu01 slots=8\ngpu02 slots=8\n"

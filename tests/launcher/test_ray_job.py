@@ -34,7 +34,7 @@ def _train_workers(cluster: LocalRayCluster) -> list[psutil.Process]:
 def test_ray_job_trains_and_survives_a_killed_worker(ray_cluster: LocalRayCluster, tmp_path: Path,
                                                      tiny_world_args: list[str], reference: Path) -> None:
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "launcher.ray_job", "--config", tiny_world_args[1], "--address", ray_cluster.address,
+    cmd = [sys.executable, "-m", "lavla.launcher.ray_job", "--config", tiny_world_args[1], "--address", ray_cluster.address,
            "--num-workers", "2", "--gpus-per-worker", "0", "--max-failures", "1", "--",
            *tiny_world_args[2:], f"--run.dir={run_dir}", f"--trainer.max_steps={STEPS}", "--data.num_workers=1",
            "--data.log_sample_ids=true", "--checkpoint.every_steps=2"]

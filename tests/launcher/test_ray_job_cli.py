@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from launcher.ray_job import RayJobError, _check_resources, main, runtime_env, trainer_argv
+from lavla.launcher.ray_job import RayJobError, _check_resources, main, runtime_env, trainer_argv
 
 from .conftest import REPO
 

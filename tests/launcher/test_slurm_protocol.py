@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.exit_codes import EXIT_PREEMPTED
+from lavla.launcher.exit_codes import EXIT_PREEMPTED
 
 from .conftest import REPO, STUB_BIN, FakeSlurm, free_port
 
@@ -115,7 +115,7 @@ def test_signal_before_training_requeues_without_starting(fake_slurm: FakeSlurm,
 
 
 def test_bad_options_fail_before_submitting(tmp_path: Path) -> None:
-    from launcher.slurm import main
+    from lavla.launcher.slurm import main
 
     base = ["--config", str(REPO / "configs" / "quickstart.yaml"), "--nodes", "1", "--gpus-per-node", "1",
             "--run-dir", str(tmp_path / "r"), "--dry-run"]

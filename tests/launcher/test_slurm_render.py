@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.slurm import main
+from lavla.launcher.slurm import main
 
 from .conftest import HERE, REPO
 

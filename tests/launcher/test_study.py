@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from launcher import study as st
+from lavla.launcher import study as st
 
 
 @pytest.mark.parametrize("budget", sorted(st.BUDGETS))
@@ -125,7 +125,7 @@ def test_study_resumes_skipping_finished_runs(tmp_path: Path) -> None:
     third = FakeRunner()
     assert st.Study(b, runs, tmp_path, third, log=lambda _: None).run() == records
     assert third.trained == []
-    md, js = st.write_results(tmp_path, records, {"command": "python -m launcher.study --budget tiny", "seeds": [0, 1]})
+    md, js = st.write_results(tmp_path, records, {"command": "python -m lavla.launcher.study --budget tiny", "seeds": [0, 1]})
     table = json.loads(js.read_text())["table"]
     assert {row["group"] for row in table} == {r.group for r in runs}
     assert all(len(row["seeds"]) == 2 for row in table)

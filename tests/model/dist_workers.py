@@ -6,8 +6,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from model.config import QuantizerConfig
-from model.quantizer import build_quantizer
+from lavla.model.config import QuantizerConfig
+from lavla.model.quantizer import build_quantizer
 
 KINDS = ("st", "ema", "nsvq")
 STEPS = 3
@@ -27,7 +27,7 @@ def make_quantizer(kind: str, restart_from: str = "codes") -> nn.Module:
 
 def quantizer_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     """Trains each quantizer kind on this rank's data with the trainer's hooks, then restarts dead codes."""
-    from trainer.model_hooks import QuantizerHooks
+    from lavla.trainer.model_hooks import QuantizerHooks
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:

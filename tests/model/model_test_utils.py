@@ -9,8 +9,8 @@ from typing import Any, Iterator
 
 import torch
 
-from data_service.schema import LIST_KEYS, TENSOR_KEYS
-from model.config import (
+from lavla.data_service.schema import LIST_KEYS, TENSOR_KEYS
+from lavla.model.config import (
     BackboneConfig,
     FlowHeadConfig,
     FrameEncoderConfig,
@@ -18,7 +18,7 @@ from model.config import (
     LaraConfig,
     QuantizerConfig,
 )
-from model.lam_config import LapaLamConfig, UnivlaLamConfig
+from lavla.model.lam_config import LapaLamConfig, UnivlaLamConfig
 
 IMAGE, PATCH, N, A, P, E = 32, 8, 4, 5, 6, 3
 

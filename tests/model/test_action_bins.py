@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.action_bins import QuantileActionBins
+from lavla.model.action_bins import QuantileActionBins
 
 
 def _samples(m: int = 4000, seed: int = 0) -> np.ndarray:
@@ -123,7 +123,7 @@ REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
 def test_fit_bins_uses_only_valid_entries() -> None:
-    from launcher.fit_action_bins import fit_bins
+    from lavla.launcher.fit_action_bins import fit_bins
 
     x = _samples(500)
     valid = ~np.isnan(x)
@@ -139,7 +139,7 @@ def test_cli_samples_fits_and_writes_atomically(tmp_path, monkeypatch) -> None:
     import sys
     import types
 
-    from launcher import fit_action_bins
+    from lavla.launcher import fit_action_bins
 
     calls = []
 
@@ -152,7 +152,7 @@ def test_cli_samples_fits_and_writes_atomically(tmp_path, monkeypatch) -> None:
         return a, valid
 
     # Stand-in for data_service.action_quantiles, so this test needs no dataset on disk.
-    monkeypatch.setitem(sys.modules, "data_service.action_quantiles", types.SimpleNamespace(sample_actions=sample_actions))
+    monkeypatch.setitem(sys.modules, "lavla.data_service.action_quantiles", types.SimpleNamespace(sample_actions=sample_actions))
     out = tmp_path / "sub" / "bins.json"
     config = str(REPO / "configs" / "quickstart.yaml")
     rc = fit_action_bins.main(["--config", config, "--num-bins", "32", "--max-samples", "300", "--out", str(out),

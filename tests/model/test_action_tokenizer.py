@@ -11,13 +11,13 @@ import draccus
 import pytest
 import torch
 
-from data_service.config import DataConfig
-from model.action_tokenizer import ActionTokenizer, chunk_features
-from model.action_tokenizer_config import ActionTokenizerConfig, ActionTokenizerQuantizerConfig
-from model.config import ModelConfig
-from model.factory import build_model
-from model.quantizer import EMAVectorQuantizer, find_quantizers
-from model.recipes.action_tokenizer import ActionTokenizerPolicy, action_mask
+from lavla.data_service.config import DataConfig
+from lavla.model.action_tokenizer import ActionTokenizer, chunk_features
+from lavla.model.action_tokenizer_config import ActionTokenizerConfig, ActionTokenizerQuantizerConfig
+from lavla.model.config import ModelConfig
+from lavla.model.factory import build_model
+from lavla.model.quantizer import EMAVectorQuantizer, find_quantizers
+from lavla.model.recipes.action_tokenizer import ActionTokenizerPolicy, action_mask
 from model_test_utils import A, N, random_batch
 
 REPO = Path(__file__).resolve().parents[2]
@@ -152,7 +152,7 @@ def test_loss_falls_on_a_fixed_batch() -> None:
 
 
 def test_registration_and_build_through_the_factory() -> None:
-    from trainer.config_io import load_config
+    from lavla.trainer.config_io import load_config
 
     cfg = draccus.decode(ModelConfig, {"type": "action_tokenizer", "quantizer": {"num_codes": 8}})
     assert isinstance(cfg, ActionTokenizerConfig)
@@ -171,7 +171,7 @@ def test_registration_and_build_through_the_factory() -> None:
 
 
 def test_trainer_quantizer_hooks_restart_dead_codes() -> None:
-    from trainer.model_hooks import QuantizerHooks
+    from lavla.trainer.model_hooks import QuantizerHooks
 
     policy = _policy(quantizer=ActionTokenizerQuantizerConfig(num_codes=64, restart_schedule=[], restart_window=3))
     hooks = QuantizerHooks(policy, zero_stage=3)

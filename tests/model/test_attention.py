@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from model import attention as attn_mod
-from model.attention import attention, last_backend, reference_attention, select_backend, set_attention_backend
+from lavla.model import attention as attn_mod
+from lavla.model.attention import attention, last_backend, reference_attention, select_backend, set_attention_backend
 
 
 @pytest.fixture(autouse=True)

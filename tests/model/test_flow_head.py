@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from model_test_utils import A, E, N, P, tiny_head_config
-from model.flow_head import FlowMatchingHead
+from lavla.model.flow_head import FlowMatchingHead
 
 
 def _inputs(b: int = 4, seed: int = 0):

@@ -16,10 +16,10 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from model.backbone_config import HFBackboneConfig  # noqa: E402
-from model.hf_testing import write_tiny_llava, write_tiny_qwen3_vl  # noqa: E402
-from model.hf_vlm import HFVLMBackbone  # noqa: E402
-from model.vl_backbone import gather_positions  # noqa: E402
+from lavla.model.backbone_config import HFBackboneConfig  # noqa: E402
+from lavla.model.hf_testing import write_tiny_llava, write_tiny_qwen3_vl  # noqa: E402
+from lavla.model.hf_vlm import HFVLMBackbone  # noqa: E402
+from lavla.model.vl_backbone import gather_positions  # noqa: E402
 
 IMAGE = 32  # backbone.hf.image_size: 8x8 patches of 4 -> 16 LM tokens per frame
 Q = 5
@@ -403,8 +403,8 @@ def test_checkpointable_blocks_are_the_decoder_layers_and_vision_blocks(tiny_qwe
 ZERO3_SCRIPT = r"""
 import json, sys, torch, deepspeed
 sys.path.insert(0, sys.argv[3])
-from model.backbone_config import HFBackboneConfig
-from model.hf_vlm import HFVLMBackbone
+from lavla.model.backbone_config import HFBackboneConfig
+from lavla.model.hf_vlm import HFVLMBackbone
 from test_hf_vlm import LANG, make_batch
 
 torch.manual_seed(0)
@@ -463,7 +463,7 @@ def test_image_only_processor_matches_the_full_one(tiny_qwen: Path) -> None:
     pytest.importorskip("torchvision")
     from transformers import AutoProcessor
 
-    from model.hf_vlm import _image_only_processor
+    from lavla.model.hf_vlm import _image_only_processor
 
     full, lite = AutoProcessor.from_pretrained(tiny_qwen), _image_only_processor(str(tiny_qwen), "qwen3_vl")
     bb = build(tiny_qwen, tuning="frozen")

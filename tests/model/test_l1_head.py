@@ -7,8 +7,8 @@ from typing import Iterator
 import pytest
 import torch
 
-from model.head_config import L1HeadConfig
-from model.l1_head import L1RegressionHead, masked_l1
+from lavla.model.head_config import L1HeadConfig
+from lavla.model.l1_head import L1RegressionHead, masked_l1
 
 B, T, VLM, N, A, P = 3, 20, 24, 4, 5, 6
 

@@ -1,8 +1,8 @@
 import torch
 
 from model_test_utils import IMAGE, random_batch, tiny_lam_config
-from model.config import FrameEncoderConfig
-from model.lam import LatentActionModel
+from lavla.model.config import FrameEncoderConfig
+from lavla.model.lam import LatentActionModel
 
 
 def test_encode_decode_shapes_and_token_types():

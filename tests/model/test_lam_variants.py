@@ -16,13 +16,13 @@ from model_test_utils import (
     zero3_emulation,
 )
 
-from data_service.config import DataConfig
-from model.config import FrameEncoderConfig, LamPretrainConfig, ModelConfig, QuantizerConfig
-from model.factory import build_model
-from model.frame_encoder import HFFrameEncoder
-from model.lam import LatentActions
-from model.lam_config import LapaLamPretrainConfig, UnivlaLamConfig, UnivlaLamPretrainConfig
-from model.recipes.lam_pretrain import LamPretrainPolicy
+from lavla.data_service.config import DataConfig
+from lavla.model.config import FrameEncoderConfig, LamPretrainConfig, ModelConfig, QuantizerConfig
+from lavla.model.factory import build_model
+from lavla.model.frame_encoder import HFFrameEncoder
+from lavla.model.lam import LatentActions
+from lavla.model.lam_config import LapaLamPretrainConfig, UnivlaLamConfig, UnivlaLamPretrainConfig
+from lavla.model.recipes.lam_pretrain import LamPretrainPolicy
 
 VARIANTS = {
     "moto": lambda: LamPretrainConfig(lam=tiny_lam_config()),
@@ -216,7 +216,7 @@ def test_config_validation():
 def test_yaml_recipes_load_build_and_run(recipe):
     from pathlib import Path
 
-    from trainer.config_io import load_config
+    from lavla.trainer.config_io import load_config
 
     cfg = load_config(["--config", str(Path(__file__).resolve().parents[2] / "configs" / f"{recipe}.yaml")])
     torch.manual_seed(0)

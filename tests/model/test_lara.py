@@ -2,11 +2,11 @@ import draccus
 import pytest
 import torch
 
-from data_service.config import DataConfig
-from model.config import LamPretrainConfig, LaraConfig, ModelConfig
-from model.factory import build_model
-from model.recipes.lam_pretrain import LamPretrainPolicy
-from model.recipes.lara import LaraPolicy
+from lavla.data_service.config import DataConfig
+from lavla.model.config import LamPretrainConfig, LaraConfig, ModelConfig
+from lavla.model.factory import build_model
+from lavla.model.recipes.lam_pretrain import LamPretrainPolicy
+from lavla.model.recipes.lara import LaraPolicy
 from model_test_utils import A, N, random_batch, tiny_lam_config, tiny_lara_config, zero3_emulation
 
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.codebook_lookup import lookup_backend, nearest_code, nearest_code_reference
-from model.config import QuantizerConfig
-from model.quantizer import (
+from lavla.model.codebook_lookup import lookup_backend, nearest_code, nearest_code_reference
+from lavla.model.config import QuantizerConfig
+from lavla.model.quantizer import (
     EMAVectorQuantizer,
     NSVQuantizer,
     Quantizer,

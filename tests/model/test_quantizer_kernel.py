@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.codebook_lookup import lookup_backend, nearest_code_reference
-from model.config import QuantizerConfig
-from model.quantizer import build_quantizer
+from lavla.model.codebook_lookup import lookup_backend, nearest_code_reference
+from lavla.model.config import QuantizerConfig
+from lavla.model.quantizer import build_quantizer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -36,7 +36,7 @@ except Exception:
 @pytest.mark.skipif(not INTERPRETED, reason="needs TRITON_INTERPRET=1 at import; run by the subprocess driver below")
 @pytest.mark.parametrize("kind,codebook_dim,cosine", [("st", 0, False), ("ema", 0, False), ("nsvq", 0, False), ("st", 3, True)])
 def test_interp_quantizer_uses_the_kernel_with_reference_ids(kind, codebook_dim, cosine):
-    from kernels import codebook as cbk
+    from lavla.kernels import codebook as cbk
 
     assert cbk.KERNEL_INTERPRETED
     torch.manual_seed(0)

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from data_service.config import DataConfig
-from model.action_bins import QuantileActionBins
-from model.action_tokenizer_config import ActionTokenizerConfig
-from model.config import BackboneConfig
-from model.factory import build_model
-from model.head_config import L1HeadConfig
-from model.recipes.action_tokenizer import ActionTokenizerPolicy
-from model.recipes.lapa import LapaPolicy
-from model.recipes.pixels_to_tokens import CodeAxisPooling, PixelsToTokensPolicy
-from model.vla_config import (BaselineConfig, LaAlignConfig, LaCondConfig, LaDirectConfig, LapaActionConfig,
+from lavla.data_service.config import DataConfig
+from lavla.model.action_bins import QuantileActionBins
+from lavla.model.action_tokenizer_config import ActionTokenizerConfig
+from lavla.model.config import BackboneConfig
+from lavla.model.factory import build_model
+from lavla.model.head_config import L1HeadConfig
+from lavla.model.recipes.action_tokenizer import ActionTokenizerPolicy
+from lavla.model.recipes.lapa import LapaPolicy
+from lavla.model.recipes.pixels_to_tokens import CodeAxisPooling, PixelsToTokensPolicy
+from lavla.model.vla_config import (BaselineConfig, LaAlignConfig, LaCondConfig, LaDirectConfig, LapaActionConfig,
                               LapaLatentConfig, LaTokConfig)
 from model_test_utils import A, IMAGE, N, P, random_batch, tiny_lam_config, zero3_emulation
 
@@ -177,7 +177,7 @@ def test_la_tok_predicts_the_tokenizers_codes() -> None:
 
 
 def test_lapa_latent_adds_the_weighted_text_lm_loss() -> None:
-    from model.vl_backbone import tokenize_bytes
+    from lavla.model.vl_backbone import tokenize_bytes
 
     model = _build(LapaLatentConfig)
     assert model.cfg.text_loss_weight == 0.01  # LAPA: 0.99 latent CE + 0.01 text CE

@@ -13,12 +13,9 @@ import json
 import os
 import sys
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, _ROOT)
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 
 class Block(nn.Module):
@@ -55,8 +52,8 @@ class Net(nn.Module):
 def train(checkpointing: bool, steps: int = 3) -> tuple[list[float], dict[str, list[float]], int]:
     import deepspeed
 
-    from trainer.activation_checkpointing import apply_activation_checkpointing
-    from trainer.deepspeed_config import parameter_groups
+    from lavla.trainer.activation_checkpointing import apply_activation_checkpointing
+    from lavla.trainer.deepspeed_config import parameter_groups
 
     torch.manual_seed(0)
     Block.forwards = 0
@@ -87,7 +84,7 @@ def train(checkpointing: bool, steps: int = 3) -> tuple[list[float], dict[str, l
 
 
 def main() -> None:
-    from trainer.distributed import init_distributed
+    from lavla.trainer.distributed import init_distributed
 
     init_distributed()  # gloo on CPU; also releases DeepSpeed's /dev/shm segments
     out = {}

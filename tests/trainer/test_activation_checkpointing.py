@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from tests.conftest import REPO, assert_no_shm_leak, free_port
-from trainer.activation_checkpointing import apply_activation_checkpointing, is_checkpointed, select_blocks
-from trainer.flops import count_flops
+from lavla.trainer.activation_checkpointing import apply_activation_checkpointing, is_checkpointed, select_blocks
+from lavla.trainer.flops import count_flops
 
 
 class Block(nn.Module):

@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from tests.conftest import REPO
-from trainer.bench_mfu import FULL_SIZE, QUICKSTART, full_size_overrides, random_batch
-from trainer.config_io import load_config
+from lavla.trainer.bench_mfu import FULL_SIZE, QUICKSTART, full_size_overrides, random_batch
+from lavla.trainer.config_io import load_config
 
 
 @pytest.mark.parametrize("recipe", sorted(FULL_SIZE))
 def test_full_size_presets_build(recipe, tmp_path):
-    from model.factory import build_model
+    from lavla.model.factory import build_model
 
     cfg = load_config(["--config", str(QUICKSTART), f"--model.type={recipe}", *full_size_overrides(recipe, tmp_path)])
     with torch.device("meta"):
@@ -42,7 +42,7 @@ def test_full_size_presets_build(recipe, tmp_path):
 @pytest.mark.slow
 def test_tiny_cpu_run_reports_json(tmp_path):
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, "-m", "trainer.bench_mfu", "--recipe", "lara", "--steps", "1", "--warmup", "1",
+    cmd = [sys.executable, "-m", "lavla.trainer.bench_mfu", "--recipe", "lara", "--steps", "1", "--warmup", "1",
            "--micro-batch", "2", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -53,11 +53,11 @@ def test_tiny_cpu_run_reports_json(tmp_path):
     assert {"backbone", "lam", "head"} <= set(split) and min(split.values()) >= 0
     # forward is about a third of forward + backward (frozen towers have no weight gradients: more)
     assert 0.25 < sum(split.values()) / res["flops_per_step_per_device"] < 0.5
-    assert res["git_commit"] and res["command"].startswith("python -m trainer.bench_mfu --recipe lara")
+    assert res["git_commit"] and res["command"].startswith("python -m lavla.trainer.bench_mfu --recipe lara")
 
 
 def test_flops_only_counts_the_bare_model(tmp_path):
-    from trainer.bench_mfu import bench
+    from lavla.trainer.bench_mfu import bench
 
     res = bench(["--recipe", "lara", "--flops-only", "--micro-batch", "2", "--out", str(tmp_path / "f.json")])
     assert json.loads((tmp_path / "f.json").read_text()) == res and "--flops-only" in res["command"]

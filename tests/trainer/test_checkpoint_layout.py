@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from trainer.checkpoint import COMPLETE_MARKER, find_resume_checkpoint, list_complete, tag_for_step
+from lavla.trainer.checkpoint import COMPLETE_MARKER, find_resume_checkpoint, list_complete, tag_for_step
 
 
 def _fake_ckpt(root, step, complete=True):

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trainer.config import PretrainConfig
-from trainer.config_io import ConfigError, dump_config, load_config
+from lavla.trainer.config import PretrainConfig
+from lavla.trainer.config_io import ConfigError, dump_config, load_config
 
 QUICKSTART = str(Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml")
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.config import PretrainConfig, TrainerConfig
-from trainer.deepspeed_config import build_deepspeed_config, gradient_accumulation_steps, parameter_groups
+from lavla.trainer.config import PretrainConfig, TrainerConfig
+from lavla.trainer.deepspeed_config import build_deepspeed_config, gradient_accumulation_steps, parameter_groups
 
 
 def test_batch_arithmetic_and_zero3_fields():
@@ -41,7 +41,7 @@ def test_parameter_groups_exclude_frozen_and_split_decay():
 
 
 def test_zero_warmup_starts_at_full_lr_and_universal_flag():
-    from trainer.config import OptimConfig
+    from lavla.trainer.config import OptimConfig
 
     cfg = PretrainConfig(optim=OptimConfig(warmup_steps=0))
     params = build_deepspeed_config(cfg, world_size=1)["scheduler"]["params"]
@@ -53,7 +53,7 @@ def test_zero_warmup_starts_at_full_lr_and_universal_flag():
 
 
 def test_stage_and_zero_init_validation():
-    from trainer.config import ZeroConfig
+    from lavla.trainer.config import ZeroConfig
 
     with pytest.raises(ValueError, match="zero.stage"):
         ZeroConfig(stage=0)

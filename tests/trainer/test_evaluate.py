@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_service.stats import EPS, ArrayStats, DatasetStatistics, Normalizer
+from lavla.data_service.stats import EPS, ArrayStats, DatasetStatistics, Normalizer
 from tests.conftest import REPO, read_jsonl, run_deepspeed
 from tests.model.model_test_utils import (
     IMAGE,
@@ -28,7 +28,7 @@ from tests.model.model_test_utils import (
     tiny_lara_config,
     zero3_emulation,
 )
-from trainer.evaluate import (
+from lavla.trainer.evaluate import (
     PSNR_CAP_DB,
     codebook_usage,
     evaluate,
@@ -43,7 +43,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _lara() -> torch.nn.Module:
-    from model.recipes.lara import LaraPolicy
+    from lavla.model.recipes.lara import LaraPolicy
 
     torch.manual_seed(0)
     return LaraPolicy(tiny_lara_config()).train()
@@ -161,10 +161,10 @@ def test_evaluate_tiny_lara_every_metric_restores_mode_and_rng() -> None:
 
 
 def test_evaluate_scores_latent_tokens_of_lapa_stage2() -> None:
-    from data_service.config import DataConfig
-    from model.config import BackboneConfig
-    from model.factory import build_model
-    from model.vla_config import LapaLatentConfig
+    from lavla.data_service.config import DataConfig
+    from lavla.model.config import BackboneConfig
+    from lavla.model.factory import build_model
+    from lavla.model.vla_config import LapaLatentConfig
 
     cfg = LapaLatentConfig(backbone=BackboneConfig(image_size=IMAGE, patch_size=8, dim=32, depth=2, heads=4))
     cfg.latent.lam = tiny_lam_config()
@@ -188,12 +188,12 @@ import torch.distributed as dist
 sys.path.insert(0, {tests_model!r})
 from typing import Any
 import numpy as np
-from data_service.stats import ArrayStats, DatasetStatistics, Normalizer
+from lavla.data_service.stats import ArrayStats, DatasetStatistics, Normalizer
 from model_test_utils import A, P, random_batch, tiny_lara_config
-from trainer.evaluate import evaluate
+from lavla.trainer.evaluate import evaluate
 
 {helpers}
-from trainer.model_hooks import QuantizerHooks
+from lavla.trainer.model_hooks import QuantizerHooks
 
 rank, world = int(sys.argv[1]), 2
 dist.init_process_group("gloo", init_method="file://{init}", rank=rank, world_size=world)
@@ -279,8 +279,8 @@ def test_periodic_evaluation_is_logged_with_the_step(evaluated_run: Path) -> Non
 
 @pytest.mark.slow
 def test_cli_on_a_run_dir_and_an_export(evaluated_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from launcher.evaluate import main
-    from trainer.export import export_policy
+    from lavla.launcher.evaluate import main
+    from lavla.trainer.export import export_policy
 
     assert main(["--checkpoint", str(evaluated_run), "--max-batches", "2", "--batch-size", "4",
                  "--out", str(tmp_path / "a")]) == 0
@@ -305,8 +305,8 @@ def test_cli_on_a_run_dir_and_an_export(evaluated_run: Path, tmp_path: Path, cap
 
 @pytest.mark.slow
 def test_a_missing_eval_split_fails_before_training(evaluated_run: Path) -> None:
-    from trainer.config_io import load_config
-    from trainer.evaluate import PeriodicEvaluator
+    from lavla.trainer.config_io import load_config
+    from lavla.trainer.evaluate import PeriodicEvaluator
 
     cfg = load_config(["--config", str(evaluated_run / "config.yaml"), "--eval.every_steps=5", "--eval.split=nosuch"])
     with pytest.raises(RuntimeError, match=r"eval.split='nosuch'.*unknown split 'nosuch'"):
@@ -317,7 +317,7 @@ def test_a_shorter_prediction_is_scored_on_its_own_steps() -> None:
     """LAPA stage 3 predicts one step of an N-step chunk: only that step is compared."""
     import torch
 
-    from trainer.evaluate import evaluate
+    from lavla.trainer.evaluate import evaluate
 
     class OneStep(torch.nn.Module):
         def forward(self, batch):  # noqa: ANN001, ANN202

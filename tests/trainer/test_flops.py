@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from trainer.flops import count_flops, forward_flops_by_child
+from lavla.trainer.flops import count_flops, forward_flops_by_child
 
 
 def test_forward_flops_by_child_credits_modules_reached_through_methods():

@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from trainer.config import ProfileConfig
-from trainer.faults import _parse, maybe_poison_batch
-from trainer.media import collect_media, has_media, write_pngs
-from trainer.throughput_report import write_report
+from lavla.trainer.config import ProfileConfig
+from lavla.trainer.faults import _parse, maybe_poison_batch
+from lavla.trainer.media import collect_media, has_media, write_pngs
+from lavla.trainer.throughput_report import write_report
 
 
 class WithMedia(nn.Module):
@@ -71,8 +71,8 @@ def test_fault_spec(monkeypatch):
 
 def test_wandb_sink_offline_records_metrics_and_images(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
-    from trainer.config import LoggingConfig, PretrainConfig, RunConfig, WandbConfig
-    from trainer.metrics import MetricsSink
+    from lavla.trainer.config import LoggingConfig, PretrainConfig, RunConfig, WandbConfig
+    from lavla.trainer.metrics import MetricsSink
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.flops import count_flops, peak_flops_for
-from trainer.metrics import MetricAccumulator, format_console
-from trainer.throughput import ThroughputModel, tokens_per_sample
-from trainer.timing import PHASES, StepTimer, peak_memory_gib
+from lavla.trainer.flops import count_flops, peak_flops_for
+from lavla.trainer.metrics import MetricAccumulator, format_console
+from lavla.trainer.throughput import ThroughputModel, tokens_per_sample
+from lavla.trainer.timing import PHASES, StepTimer, peak_memory_gib
 
 
 @pytest.mark.parametrize("name, peak", [

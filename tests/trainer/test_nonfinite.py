@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.nonfinite import NonFiniteGuard, NonFiniteLossError, nonfinite_terms
+from lavla.trainer.nonfinite import NonFiniteGuard, NonFiniteLossError, nonfinite_terms
 
 
 def test_nonfinite_terms():
