@@ -19,6 +19,15 @@ from tests.conftest import REPO, read_jsonl, run_deepspeed
 pytestmark = pytest.mark.slow
 
 
+def test_help_lists_every_config_field():
+    # The image's default command; argparse %-formats help strings, so a bare % in a field
+    # docstring once broke it.
+    proc = subprocess.run([sys.executable, "launcher/pretrain.py", "--help"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--trainer.max_steps" in proc.stdout and "train[95%:]" in proc.stdout
+
+
 def test_config_typo_fails_fast_naming_the_key():
     proc = subprocess.run([sys.executable, "launcher/pretrain.py", "--config", "configs/quickstart.yaml",
                            "--trainer.max_stpes=3"], cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -241,8 +241,9 @@ class EvalConfig:
     its own shard of the held-out batches in lockstep (ZeRO-3 gathers parameters collectively) and
     the metric sums are all-reduced; the step's logged record carries the results."""
     split: str = "val"
-    """Split every mixture dataset is read from for evaluation, in TFDS syntax (``val``, ``train[95%:]``);
+    """Split every mixture dataset is read from for evaluation, in TFDS syntax (``val``, ``train[95%%:]``);
     it should hold other episodes than the training split. Decoded in-process (no Ray service)."""
+    # (%% above: draccus hands field docstrings to argparse, which %-formats them for --help.)
     max_batches: int = 4
     """Micro batches (``trainer.micro_batch_size`` samples each) per rank per evaluation; every
     evaluation reads the same held-out samples (the first ones of the split's sample plan)."""
