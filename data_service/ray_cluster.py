@@ -31,10 +31,6 @@ from lavla.data_service.config import DataConfig
 
 log = logging.getLogger(__name__)
 
-PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
-"""Directory holding ``data_service``: put on the workers' PYTHONPATH for source checkouts."""
-
-
 class RayUnavailableError(RuntimeError):
     """``data.num_workers > 0`` needs Ray (the ``[ray]`` extra)."""
 
@@ -68,9 +64,10 @@ def rendezvous_file(key: str | None = None) -> Path:
 
 
 def worker_runtime_env() -> dict[str, Any]:
-    """Lets workers import this package from a source checkout that is not pip-installed."""
-    path = os.pathsep.join(p for p in (PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")) if p)
-    return {"env_vars": {"PYTHONPATH": path}}
+    """The driver's PYTHONPATH, if it has one, for the workers. ``lavla`` itself comes from the
+    environment's install (editable or not) on every node, never from a checkout on sys.path."""
+    path = os.environ.get("PYTHONPATH", "")
+    return {"env_vars": {"PYTHONPATH": path}} if path else {}
 
 
 @dataclass

@@ -89,7 +89,7 @@ def runtime_env() -> dict[str, Any]:
     from lavla.data_service.ray_cluster import worker_runtime_env
 
     env = worker_runtime_env()
-    env["env_vars"].update({k: v for k, v in os.environ.items()
+    env.setdefault("env_vars", {}).update({k: v for k, v in os.environ.items()
                             if k.startswith(PASSTHROUGH_ENV_PREFIXES) and not _SECRET_RE.search(k)})
     return env
 
