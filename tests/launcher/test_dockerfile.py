@@ -82,7 +82,7 @@ def test_base_image_cuda_matches_the_torch_wheel() -> None:
 
 def test_extras_sources_and_entrypoint_exist() -> None:
     extras = set(PYPROJECT["project"]["optional-dependencies"])
-    installs = re.findall(r'pip install -e "\.\[([^\]]+)\]"', DOCKERFILE)
+    installs = re.findall(r'pip install (?:--constraint requirements\.lock )?-e "\.\[([^\]]+)\]"', DOCKERFILE)
     assert installs, "the project itself is installed with its extras"
     wanted = set(installs[0].split(","))
     assert wanted <= extras and {"gpu", "ray"} <= wanted
@@ -94,6 +94,15 @@ def test_extras_sources_and_entrypoint_exist() -> None:
         "launcher.slurm runs pyxis steps in CONTAINER_WORKDIR: keep it equal to the image's WORKDIR"
     assert 'ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/lavla-entrypoint"]' in DOCKERFILE
     assert os.access(REPO / "docker" / "entrypoint.sh", os.X_OK)
+
+
+def test_every_install_but_torch_takes_the_lock() -> None:
+    assert "COPY requirements.lock ./" in DOCKERFILE
+    for ins in _instructions():
+        if ins.startswith("RUN") and "pip install" in ins:
+            for cmd in ins.split("&&"):
+                if "pip install" in cmd and "--upgrade pip" not in cmd and '"torch==' not in cmd:
+                    assert "--constraint requirements.lock" in cmd, f"not installed from the lock: {cmd.strip()}"
 
 
 def test_entrypoint_sources_site_env_and_execs(tmp_path) -> None:
