@@ -16,6 +16,16 @@ returns a flat ``{metric: float}``:
 ``action_raw/...``             the same in the datasets' raw units (only with ``normalizers``): both
                                sides go through ``Normalizer.unnormalize`` (bounds modes: the ground
                                truth is the clipped value the model was trained on)
+``action/skill``               skill against the median predictor: 1 - L1 / L1 of the eval set's own
+                               per-dim median (0: no better than a constant; 1: exact), pooled and per
+                               dim (``action/skill/dim<i>``, ``action/median_l1[/dim<i>]``)
+``action/spread_ratio``        spread of the predictions over spread of the targets (mean absolute
+                               deviation from the median), pooled and per dim: near 0 = a policy that
+                               predicts nearly the same action everywhere
+``action/image_swap``,         how far predictions move when the batch's images (every camera) or its
+``action/language_swap``       instructions are rolled by one sample, same noise: mean |Δ| over the
+                               scored entries and its ratio to the target spread (``..._rel``), pooled
+                               and per dim. A policy that ignores its images scores ~0
 ``latent/token_acc``           ``predict_latents`` vs the targets the recipe trains on (the online LAM's
                                ids, offline labels, or the LA-Tok tokenizer's codes)
 ``lam/recon_mse``, ``lam/psnr`` the LAM's reconstruction of x_{t+H} from (x_t, quantized latent): MSE in
@@ -97,6 +107,24 @@ def masked_action_errors(pred: Tensor, target: Tensor, mask: Tensor) -> ActionEr
     diff = torch.where(mask.bool(), diff, torch.zeros_like(diff))
     dims = tuple(range(diff.dim() - 1))
     return ActionErrors(diff.abs().sum(dims), diff.pow(2).sum(dims), mask.bool().sum(dims).double())
+
+
+def median_deviation(values: Tensor) -> float:
+    """Mean |v - median(v)|: the L1 of the best constant predictor of ``values`` (1-D), i.e. their
+    spread in the units of an L1 error."""
+    v = values.double().flatten()
+    return float((v - v.median()).abs().mean()) if v.numel() else float("nan")
+
+
+def roll_inputs(batch: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """``batch`` with its images (``what="image"``: every camera and ``has_wrist``) or its
+    instructions (``"language"``) moved one sample along, everything else unchanged."""
+    keys = [k for k in batch if k.startswith("image_") or k == "has_wrist"] if what == "image" else ["language"]
+    out = dict(batch)
+    for k in keys:
+        v = batch[k]
+        out[k] = torch.roll(v, 1, dims=0) if isinstance(v, Tensor) else [*v[-1:], *v[:-1]]
+    return out
 
 
 def psnr(pred: Tensor, target: Tensor, *, data_range: float = 2.0, cap: float | None = PSNR_CAP_DB) -> Tensor:
@@ -250,6 +278,17 @@ class _Sums:
     def __init__(self) -> None:
         self.sums: dict[str, Tensor] = {}
         self.rows: list[dict[str, Tensor]] = []
+        self.values: dict[str, list[list[Tensor]]] = {}  # name -> per dim -> chunks of scored entries
+
+    def add_values(self, name: str, x: Tensor, mask: Tensor) -> None:
+        """Keep the entries of ``x`` [B,N,A] where ``mask`` holds, per action dim (float32, CPU)."""
+        x, mask = x.detach().float().cpu(), mask.bool().cpu()
+        per_dim = self.values.setdefault(name, [[] for _ in range(x.shape[-1])])
+        for d in range(x.shape[-1]):
+            per_dim[d].append(x[..., d][mask[..., d]])
+
+    def joined(self, name: str) -> list[Tensor]:
+        return [torch.cat(chunks) if chunks else torch.zeros(0) for chunks in self.values.get(name, [])]
 
     def add(self, key: str, value: Tensor | float) -> None:
         v = torch.as_tensor(value).detach().double().cpu().reshape(-1)
@@ -285,6 +324,12 @@ class _Sums:
         gathered: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, self.rows)
         self.rows = [r for rank_rows in gathered for r in rank_rows]
+        mine = {k: self.joined(k) for k in self.values}
+        everyone: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, mine)
+        names = sorted({k for theirs in everyone for k in theirs})
+        self.values = {k: [[c for theirs in everyone for c in theirs.get(k, [])[d:d + 1]]
+                           for d in range(max(len(theirs.get(k, [])) for theirs in everyone))] for k in names}
 
 
 def _per_dim(out: dict[str, float], prefix: str, s: _Sums) -> None:
@@ -317,6 +362,7 @@ def _finalize(s: _Sums, *, num_codes: int, fit_frac: float, min_norm: float) -> 
         out["action/l1_step0"] = float(s.sums["action_step0:abs"].sum() / step0.sum())
         if "action_raw_step0:n" in s.sums and float(s.sums["action_raw_step0:n"].sum()) > 0:
             out["action_raw/l1_step0"] = float(s.sums["action_raw_step0:abs"].sum() / s.sums["action_raw_step0:n"].sum())
+    _skill_and_sensitivity(out, s)
     lat = s.sums.get("latent")
     if lat is not None and lat[1] > 0:
         out["latent/token_acc"] = float(lat[0] / lat[1])
@@ -340,6 +386,37 @@ def _finalize(s: _Sums, *, num_codes: int, fit_frac: float, min_norm: float) -> 
         ids = torch.stack([r["ids"] for r in rows])
         out.update(linear_probe(feats, motion, ids=ids, num_codes=num_codes, fit_frac=fit_frac, min_norm=min_norm))
     return out
+
+
+def _skill_and_sensitivity(out: dict[str, float], s: _Sums) -> None:
+    """Skill against the median predictor, prediction spread and swap sensitivity (module docstring)."""
+    targets, preds = s.joined("target"), s.joined("pred")
+    n, abs_sum = s.sums.get("action:n"), s.sums.get("action:abs")
+    if not targets or n is None:
+        return
+    med = torch.tensor([median_deviation(t) for t in targets], dtype=torch.float64)
+    spread = torch.tensor([median_deviation(p) for p in preds], dtype=torch.float64)
+    scored = (n > 0) & (med > 0)  # a constant target dim (no spread) has no skill to speak of
+    if not bool(scored.any()):
+        return
+    med_sum = (med * n)[scored].sum()
+    out["action/median_l1"] = float(med_sum / n[scored].sum())
+    out["action/skill"] = float(1.0 - abs_sum[scored].sum() / med_sum)
+    out["action/spread_ratio"] = float((spread * n)[scored].sum() / med_sum)
+    for d in torch.nonzero(scored).flatten().tolist():
+        out[f"action/median_l1/dim{d}"] = float(med[d])
+        out[f"action/skill/dim{d}"] = float(1.0 - abs_sum[d] / (med[d] * n[d]))
+        out[f"action/spread_ratio/dim{d}"] = float(spread[d] / med[d])
+    for name in ("image_swap", "language_swap"):
+        cnt, moved = s.sums.get(f"{name}:n"), s.sums.get(f"{name}:abs")
+        if cnt is None or float(cnt[scored].sum()) == 0:
+            continue
+        mean_med = med_sum / n[scored].sum()
+        out[f"action/{name}"] = float(moved[scored].sum() / cnt[scored].sum())
+        out[f"action/{name}_rel"] = float(out[f"action/{name}"] / mean_med)
+        for d in torch.nonzero(scored & (cnt > 0)).flatten().tolist():
+            out[f"action/{name}/dim{d}"] = float(moved[d] / cnt[d])
+            out[f"action/{name}_rel/dim{d}"] = float(moved[d] / cnt[d] / med[d])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -369,16 +446,32 @@ def _eval_context(model: nn.Module, seed: int) -> Iterator[None]:
             model.train(was_training)
 
 
+def _rng_state(gen: torch.Generator | None) -> tuple[Any, Any, Any]:
+    cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
+    return torch.get_rng_state(), cuda, gen.get_state() if gen is not None else None
+
+
+def _set_rng_state(state: tuple[Any, Any, Any], gen: torch.Generator | None) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1])
+    if gen is not None:
+        gen.set_state(state[2])
+
+
 def evaluate(model: nn.Module, batches: Iterable[Mapping[str, Any]], *, normalizers: Any = None, seed: int = 0,
              probe_horizon: int = 1, probe_fit_frac: float = 0.5, probe_min_norm: float = 0.05,
-             distributed: bool = False, device: torch.device | str | None = None) -> dict[str, float]:
+             sensitivity: bool = True, distributed: bool = False,
+             device: torch.device | str | None = None) -> dict[str, float]:
     """Metrics of ``model`` (a recipe module) over ``batches`` (see the module docstring for the keys).
 
     ``normalizers``: ``normalizers[dataset_id]`` is the ``data_service.stats.Normalizer`` of that
     mixture entry (``DataBundle.normalizers``); adds the raw-unit metrics and makes the probe target
     raw. ``seed`` seeds the action sampler (a ``generator`` where ``predict_action`` accepts one)
     and the recipe forward's noise. ``probe_horizon``: actions summed into the probe target (the
-    LAM stride H). ``distributed``: all-reduce over the process group (collective; see above).
+    LAM stride H). ``sensitivity``: also predict on image- and instruction-rolled batches (two more
+    ``predict_action`` calls per batch, replaying the first call's noise; the other metrics are
+    unchanged either way). ``distributed``: all-reduce over the process group (collective; see above).
     """
     rank = dist.get_rank() if distributed and dist.is_initialized() else 0
     dev = torch.device(device) if device is not None else _model_device(model)
@@ -408,6 +501,8 @@ def evaluate(model: nn.Module, batches: Iterable[Mapping[str, Any]], *, normaliz
             target = b["action"]
             raw_target = raw_actions(target, b["dataset_id"], normalizers) if normalizers is not None else None
             if act:
+                gen = kwargs.get("generator")
+                noise = _rng_state(gen)
                 pred = model.predict_action(b, **kwargs).float()
                 # A recipe may predict fewer steps than the data's chunk (LAPA stage 3: one step):
                 # score the steps it predicts, never a broadcast of its first step over the chunk.
@@ -415,6 +510,16 @@ def evaluate(model: nn.Module, batches: Iterable[Mapping[str, Any]], *, normaliz
                 target, mask = target[:, :n], mask[:, :n]
                 raw_target = raw_target[:, :n] if raw_target is not None else None
                 s.add_errors("action", masked_action_errors(pred, target, mask))
+                s.add_values("target", target, mask)
+                s.add_values("pred", pred, mask)
+                if sensitivity:  # same calls on every rank (ZeRO-3); a batch of one has nothing to swap
+                    after = _rng_state(gen)
+                    for what in ("image", "language"):
+                        _set_rng_state(noise, gen)  # the same noise: only the inputs differ
+                        moved = model.predict_action(roll_inputs(b, what), **kwargs).float()[:, :n]
+                        if bsz > 1:
+                            s.add_errors(f"{what}_swap", masked_action_errors(moved, pred, mask))
+                    _set_rng_state(after, gen)
                 s.add_errors("action_step0", masked_action_errors(pred[:, :1], target[:, :1], mask[:, :1]))
                 if raw_target is not None:
                     raw_pred = raw_actions(pred, b["dataset_id"], normalizers)
@@ -478,7 +583,8 @@ def _add_probe_rows(s: _Sums, b: Mapping[str, Any], la: Any, raw_target: Tensor 
 # Report.
 # --------------------------------------------------------------------------------------------------
 
-_HISTORY_KEYS = ("loss", "action/l1", "action/mse", "action_raw/l1", "action/l1_step0", "latent/token_acc",
+_HISTORY_KEYS = ("loss", "action/l1", "action/skill", "action/image_swap_rel", "action/language_swap_rel",
+                 "action/mse", "action_raw/l1", "action/l1_step0", "latent/token_acc",
                  "lam/psnr", "lam/recon_mse", "codebook/perplexity", "codebook/active_codes", "probe/r2",
                  "probe/direction_acc")
 
@@ -527,7 +633,9 @@ def write_report(metrics: Mapping[str, float], out_dir: str | Path, history: Seq
 
     dims = sorted(set(_dims(m, "action/l1")) | set(_dims(m, "action_raw/l1")))
     if dims:
-        cols = [("action/l1", "L1"), ("action/mse", "MSE"), ("action_raw/l1", "raw L1"), ("action_raw/mse", "raw MSE")]
+        cols = [("action/l1", "L1"), ("action/mse", "MSE"), ("action_raw/l1", "raw L1"), ("action_raw/mse", "raw MSE"),
+                ("action/median_l1", "median L1"), ("action/skill", "skill"), ("action/spread_ratio", "spread ratio"),
+                ("action/image_swap_rel", "image swap / spread"), ("action/language_swap_rel", "instruction swap / spread")]
         cols = [(p, name) for p, name in cols if _dims(m, p)]
         lines += ["", "## Action error per dimension", "", "| dim | " + " | ".join(n for _, n in cols) + " |",
                   "|---|" + "---:|" * len(cols)]
@@ -545,7 +653,8 @@ def write_report(metrics: Mapping[str, float], out_dir: str | Path, history: Seq
         if keys and _plot(_plot_history, recs, keys, out / HISTORY_PNG):
             lines += ["", "## Over training", "", f"![evaluation metrics over steps]({HISTORY_PNG})"]
     note = ("Action errors are over real dims of valid steps of samples with actions (normalized units unless "
-            "`action_raw`); PSNR of [-1,1] images is 10·log10(4/MSE), capped at "
+            "`action_raw`); skill = 1 - L1 / (L1 of the eval set's per-dim median); spread ratio = the predictions' "
+            "mean absolute deviation over the targets'; swaps roll images or instructions by one sample; PSNR of [-1,1] images is 10·log10(4/MSE), capped at "
             f"{PSNR_CAP_DB:g} dB. See `trainer/evaluate.py`.")
     lines += ["", note, ""]
     md = out / REPORT_FILE

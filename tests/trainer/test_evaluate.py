@@ -330,3 +330,93 @@ def test_a_shorter_prediction_is_scored_on_its_own_steps() -> None:
     batch["action_valid"][:] = True
     metrics = evaluate(OneStep(), [batch])
     assert metrics["action/l1"] == 0.0 and metrics["action/mse"] == 0.0
+
+
+# --- does the policy use what it is given? ------------------------------------------------------------
+
+
+class _Probe(torch.nn.Module):
+    """A stand-in policy whose actions come from one input, to check each diagnostic sees it."""
+
+    def __init__(self, source: str, constant: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.source, self.constant = source, constant
+
+    def forward(self, batch):  # noqa: ANN001, ANN202
+        return torch.zeros(()), {}
+
+    def predict_action(self, batch):  # noqa: ANN001, ANN202
+        shape = batch["action"].shape
+        if self.source == "oracle":
+            return batch["action"].clone()
+        if self.source == "constant":
+            return self.constant.expand(shape).clone()
+        if self.source == "image":
+            value = batch["image_primary"][:, 0, 0, 0].float() / 255.0  # one pixel
+        else:  # "language"
+            value = torch.tensor([float(len(s)) for s in batch["language"]]) / 10.0
+        return value[:, None, None].expand(shape).clone()
+
+
+def _probe_batches() -> list[dict[str, Any]]:
+    batches = _batches(3)
+    for i, b in enumerate(batches):
+        b["language"] = ["pick", "push the block", "open", "move left slowly"][: len(b["language"]) // 2] * 2
+        b["language"] = [f"{s} {'x' * (i + j)}" for j, s in enumerate(b["language"])]
+    return batches
+
+
+def test_median_deviation_and_rolled_inputs() -> None:
+    from lavla.trainer.evaluate import median_deviation, roll_inputs
+
+    assert median_deviation(torch.tensor([1.0, 2.0, 3.0, 10.0])) == pytest.approx((1 + 0 + 1 + 8) / 4)
+    assert median_deviation(torch.full((5,), 3.0)) == 0.0 and math.isnan(median_deviation(torch.zeros(0)))
+    b = random_batch(3)
+    b["language"] = ["a", "b", "c"]
+    img = roll_inputs(b, "image")
+    assert torch.equal(img["image_primary"][1], b["image_primary"][0]) and torch.equal(img["image_wrist"][0], b["image_wrist"][2])
+    assert torch.equal(img["has_wrist"], torch.roll(b["has_wrist"], 1)) and img["language"] == ["a", "b", "c"]
+    assert torch.equal(img["action"], b["action"]) and torch.equal(img["proprio"], b["proprio"])
+    lang = roll_inputs(b, "language")
+    assert lang["language"] == ["c", "a", "b"] and torch.equal(lang["image_primary"], b["image_primary"])
+
+
+def test_skill_spread_and_swap_sensitivity_see_what_the_policy_uses() -> None:
+    batches = _probe_batches()
+    oracle = evaluate(_Probe("oracle"), batches)
+    assert oracle["action/skill"] == pytest.approx(1.0) and oracle["action/spread_ratio"] == pytest.approx(1.0)
+    assert oracle["action/image_swap"] == 0.0 and oracle["action/language_swap"] == 0.0
+    assert oracle["action/median_l1"] > 0.3 and all(oracle[f"action/skill/dim{d}"] == pytest.approx(1.0) for d in range(A))
+
+    # The best constant: the per-dim median of the scored targets. No skill, no spread, no sensitivity.
+    mask = [supervision_mask(b) for b in batches]
+    median = torch.stack([torch.cat([b["action"][..., d][m[..., d]] for b, m in zip(batches, mask)]).median()
+                          for d in range(A)])
+    const = evaluate(_Probe("constant", median), batches)
+    assert const["action/skill"] == pytest.approx(0.0, abs=1e-6)
+    assert const["action/spread_ratio"] == 0.0 and const["action/image_swap_rel"] == 0.0
+    assert const["action/median_l1"] == pytest.approx(oracle["action/median_l1"])
+    worse = evaluate(_Probe("constant", median + 1.0), batches)
+    assert worse["action/skill"] < -0.5  # a wrong constant is worse than no skill
+
+    seeing = evaluate(_Probe("image"), batches)
+    assert seeing["action/image_swap"] > 0.1 and seeing["action/language_swap"] == 0.0
+    assert seeing["action/image_swap_rel"] == pytest.approx(seeing["action/image_swap"] / seeing["action/median_l1"])
+    reading = evaluate(_Probe("language"), batches)
+    assert reading["action/language_swap"] > 0.1 and reading["action/image_swap"] == 0.0
+    off = evaluate(_Probe("image"), batches, sensitivity=False)
+    assert "action/image_swap" not in off and off["action/l1"] == seeing["action/l1"]
+
+
+def test_sensitivity_replays_the_noise_and_leaves_other_metrics_exact() -> None:
+    """The flow head samples noise: the swapped predictions reuse the first call's noise, and the other
+    metrics are bit-identical with and without the extra calls."""
+    model = _lara()
+    batches = _batches(2)
+    with_swaps = evaluate(model, batches)
+    without = evaluate(model, batches, sensitivity=False)
+    assert {k: v for k, v in with_swaps.items() if k in without} == without
+    assert {"action/skill", "action/spread_ratio", "action/image_swap_rel", "action/language_swap_rel"} <= set(with_swaps)
+    # The same inputs with the same noise give the same actions: a no-op "swap" moves nothing.
+    same = [dict(b, language=[b["language"][0]] * len(b["language"])) for b in batches]
+    assert evaluate(model, same)["action/language_swap"] == 0.0
