@@ -113,4 +113,5 @@ def tiny_world_args(tmp_path_factory) -> list[str]:
         "--trainer.global_batch_size=8",
         "--trainer.micro_batch_size=4",
         "--trainer.log_every=1",
+        "--eval.every_steps=0",  # the quickstart evaluates at its last step; these jobs test other things
     ]

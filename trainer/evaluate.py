@@ -797,8 +797,9 @@ class PeriodicEvaluator:
         metrics["time_s"] = time.perf_counter() - t0
         if dist_utils.is_main():
             log.info("eval step %d: %s", step, ", ".join(f"{k} {metrics[k]:.4g}" for k in
-                                                          ("loss", "action/l1", "action_raw/l1", "lam/psnr",
-                                                           "codebook/perplexity", "probe/r2") if k in metrics))
+                                                          ("loss", "action/l1", "action/skill", "action/image_swap_rel",
+                                                           "action_raw/l1", "lam/psnr", "codebook/perplexity",
+                                                           "probe/r2") if k in metrics))
             if self.cfg.eval.report:
                 self._report(step, metrics)
         return {f"eval/{k}": v for k, v in metrics.items()}

@@ -24,13 +24,14 @@ from lavla.trainer.config import PretrainConfig
 from lavla.trainer.config_io import dump_config
 from lavla.trainer.deepspeed_config import gradient_accumulation_steps
 from lavla.trainer.engine import build_engine, sync_lr_schedule
-from lavla.trainer.evaluate import PeriodicEvaluator
+from lavla.trainer.evaluate import PeriodicEvaluator, can_predict_action
 from lavla.trainer.flops import count_flops, device_peak_flops
 from lavla.trainer.media import collect_media, has_media, write_pngs
 from lavla.trainer.metrics import MetricAccumulator, MetricsSink
 from lavla.trainer.model_hooks import QuantizerHooks
 from lavla.trainer.nonfinite import NonFiniteGuard, NonFiniteLossError
 from lavla.trainer.profiling import StepProfiler
+from lavla.trainer.run_summary import closing_message
 from lavla.trainer.progress import ProgressBar
 from lavla.trainer.signals import PreemptionFlag
 from lavla.trainer.throughput import ThroughputModel, tokens_per_sample
@@ -107,6 +108,8 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
         trainer.close()
     dist_utils.barrier()
     log.info("done: step %d (%s)", summary["step"], summary["exit_reason"])
+    if dist_utils.is_main() and cfg.logging.console:
+        print(closing_message(summary, run_dir, acts=can_predict_action(engine.module)), flush=True)
     return summary
 
 
