@@ -11,6 +11,8 @@ RUN_EXTRAS := dev
 # `make lock` rewrites it from pyproject.toml's ranges (newest versions allowed today).
 LOCK := requirements.lock
 PIP_TOOLS := pip-tools==7.7.0
+# pip itself is outside the lock (pip-compile leaves it out): pinned here for the same reason.
+PIP := pip==26.3
 # pip-compile runs in a venv of its own, so `make lock` never changes the project venv.
 LOCK_VENV := .cache/lock-venv
 # Extra flags for the quickstart, e.g. make quickstart ARGS="--trainer.max_steps=50"
@@ -24,7 +26,7 @@ MASTER_PORT ?= $(shell $(PY) -m lavla.trainer.ports 29500)
 
 $(VENV)/.stamp-%: pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(PIP)"
 	# torch is pinned and installed first so no later resolver pulls a CUDA build
 	$(PY) -m pip install -q "torch==2.13.0"
 	$(PY) -m pip install -q --constraint $(LOCK) -e ".[$*]"
@@ -46,7 +48,7 @@ test: install-test
 # lock, so the lock also constrains GPU images whose torch is a CUDA build).
 lock:
 	test -x $(LOCK_VENV)/bin/python || $(PYTHON) -m venv $(LOCK_VENV)
-	$(LOCK_VENV)/bin/python -m pip install -q "$(PIP_TOOLS)"
+	$(LOCK_VENV)/bin/python -m pip install -q "$(PIP)" "$(PIP_TOOLS)"
 	CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/python -m piptools compile --quiet --upgrade \
 		--strip-extras --unsafe-package torch --no-emit-index-url --no-emit-find-links \
 		--extra $(TEST_EXTRAS) -o $(LOCK) pyproject.toml
