@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from lavla.trainer.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,9 +30,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
     session.config._shm_session_start = time.time()  # type: ignore[attr-defined]
     try:
-        from lavla.trainer.jit_ops import prepare_shm_comm_op
-    except ImportError:  # no deepspeed
+        import deepspeed  # noqa: F401
+    except ImportError:
         return
+    from lavla.trainer.jit_ops import prepare_shm_comm_op
+
     try:
         prepare_shm_comm_op()
     except Exception as e:  # the first multi-rank test retries the build and reports it
@@ -64,12 +67,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         msg = f"removed {len(left)} DeepSpeed shm segments left by this session's jobs: {sorted(f.name for f in left)[:6]}"
         if reporter is not None:
             reporter.write_line(msg, yellow=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_deepspeed(args: list[str], num_ranks: int, timeout: int = 600, env: dict | None = None,

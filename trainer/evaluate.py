@@ -324,12 +324,14 @@ class _Sums:
         gathered: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, self.rows)
         self.rows = [r for rank_rows in gathered for r in rank_rows]
-        mine = {k: self.joined(k) for k in self.values}
         everyone: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(everyone, mine)
-        names = sorted({k for theirs in everyone for k in theirs})
-        self.values = {k: [[c for theirs in everyone for c in theirs.get(k, [])[d:d + 1]]
-                           for d in range(max(len(theirs.get(k, [])) for theirs in everyone))] for k in names}
+        dist.all_gather_object(everyone, {k: self.joined(k) for k in self.values})
+        self.values = {}
+        for theirs in everyone:  # every rank has the same action dims (data.max_action_dim)
+            for k, per_dim in theirs.items():
+                slots = self.values.setdefault(k, [[] for _ in per_dim])
+                for d, t in enumerate(per_dim):
+                    slots[d].append(t)
 
 
 def _per_dim(out: dict[str, float], prefix: str, s: _Sums) -> None:
@@ -635,7 +637,8 @@ def write_report(metrics: Mapping[str, float], out_dir: str | Path, history: Seq
     if dims:
         cols = [("action/l1", "L1"), ("action/mse", "MSE"), ("action_raw/l1", "raw L1"), ("action_raw/mse", "raw MSE"),
                 ("action/median_l1", "median L1"), ("action/skill", "skill"), ("action/spread_ratio", "spread ratio"),
-                ("action/image_swap_rel", "image swap / spread"), ("action/language_swap_rel", "instruction swap / spread")]
+                ("action/image_swap_rel", "image swap / spread"),
+                ("action/language_swap_rel", "instruction swap / spread")]
         cols = [(p, name) for p, name in cols if _dims(m, p)]
         lines += ["", "## Action error per dimension", "", "| dim | " + " | ".join(n for _, n in cols) + " |",
                   "|---|" + "---:|" * len(cols)]
@@ -654,7 +657,8 @@ def write_report(metrics: Mapping[str, float], out_dir: str | Path, history: Seq
             lines += ["", "## Over training", "", f"![evaluation metrics over steps]({HISTORY_PNG})"]
     note = ("Action errors are over real dims of valid steps of samples with actions (normalized units unless "
             "`action_raw`); skill = 1 - L1 / (L1 of the eval set's per-dim median); spread ratio = the predictions' "
-            "mean absolute deviation over the targets'; swaps roll images or instructions by one sample; PSNR of [-1,1] images is 10·log10(4/MSE), capped at "
+            "mean absolute deviation over the targets'; swaps roll images or instructions by one sample; "
+            "PSNR of [-1,1] images is 10·log10(4/MSE), capped at "
             f"{PSNR_CAP_DB:g} dB. See `trainer/evaluate.py`.")
     lines += ["", note, ""]
     md = out / REPORT_FILE

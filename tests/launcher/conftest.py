@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from lavla.trainer.ports import free_port
 from tests.conftest import read_jsonl, run_deepspeed
 
 HERE = Path(__file__).resolve().parent
@@ -41,14 +42,6 @@ def reference(tmp_path_factory: pytest.TempPathFactory, tiny_world_args: list[st
 def samples(run_dir: Path, rank: int) -> list[tuple[int, list[int]]]:
     """(step, sample ids) of every micro batch rank ``rank`` trained on, in order."""
     return [(r["step"], r["sample_ids"]) for r in read_jsonl(run_dir / f"samples.rank{rank}.jsonl")]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def kill_matching(needle: str) -> list[int]:
