@@ -41,6 +41,15 @@ class SyntheticDataConfig:
     """Rendered frame side in pixels."""
     seed: int = 0
     """Generator seed; the same seed writes byte-identical shards."""
+    tasks: list[str] = field(default_factory=lambda: ["pick", "push", "move", "place", "rotate"])
+    """Task families to draw (a curriculum starts with ``[move]`` or ``[move, rotate]``); their relative
+    frequencies (``synthetic.TASK_FAMILIES``) are renormalized over this list."""
+    tilt_wobble: bool = False
+    """Make the expert's roll/pitch follow a random sinusoid no frame reveals (unlearnable label
+    noise, the world's old behaviour); off, the wrist stays level and roll/pitch actions are 0."""
+    idle_steps: int = 2
+    """Steps recorded after the expert finishes (holding still) before the episode ends; -1 keeps
+    every episode at its drawn length (``episode_length`` +-25%) with a still tail."""
 
 
 @dataclass

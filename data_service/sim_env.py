@@ -54,6 +54,7 @@ from lavla.data_service.synthetic import (
     ScriptedPolicy,
     Task,
     World,
+    WorldOptions,
     episode_rng,
     render_top,
     render_wrist,
@@ -70,6 +71,7 @@ __all__ = [
     "SyntheticWorldEnv",
     "goal_reached",
     "rollout",
+    "wilson_interval",
 ]
 
 LIFT_HEIGHT = 0.2
@@ -165,6 +167,8 @@ class SyntheticWorldEnv:
         world_seed: the generator's ``seed`` (the dataset's ``synthetic.seed``).
         terminate_on_success: end the episode when the goal is reached (else only at ``max_steps``).
         wrist: render the wrist camera into ``obs["image_wrist"]``.
+        options: the generator's task families and expert options (``WorldOptions.from_config`` of
+            the dataset's ``synthetic`` config), so the env draws the tasks the policy trained on.
 
     The episode is a pure function of ``(world_seed, split, seed)`` and the actions taken.
     """
@@ -175,7 +179,8 @@ class SyntheticWorldEnv:
 
     def __init__(self, image_size: int = 64, max_steps: int | None = None, seed: int | None = None, *,
                  episode_length: int = 40, split: str = "eval", world_seed: int = 0,
-                 terminate_on_success: bool = True, wrist: bool = True) -> None:
+                 terminate_on_success: bool = True, wrist: bool = True,
+                 options: WorldOptions | None = None) -> None:
         if image_size < 1 or episode_length < 1:
             raise ValueError(f"image_size and episode_length must be >= 1, got {image_size}, {episode_length}")
         self.image_size, self.episode_length = int(image_size), int(episode_length)
@@ -184,6 +189,7 @@ class SyntheticWorldEnv:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
         self.split, self.world_seed = split, int(world_seed)
         self.terminate_on_success, self.wrist = terminate_on_success, wrist
+        self.options = options or WorldOptions()
         self._next_seed = 0 if seed is None else int(seed)
         self.seed: int | None = None
         self.world: World | None = None
@@ -203,7 +209,8 @@ class SyntheticWorldEnv:
         if seed is None:
             seed = self._next_seed
         self.seed, self._next_seed = int(seed), int(seed) + 1
-        T, world, task, expert = start_episode(episode_rng(self.world_seed, self.split, self.seed), self.episode_length)
+        T, world, task, expert = start_episode(episode_rng(self.world_seed, self.split, self.seed), self.episode_length,
+                                               self.options)
         self.recorded_length, self.world, self.task, self._expert = T, world, task, expert
         self._start = _copy_world(world)
         self.steps, self._yaw_turned, self._done, self._succeeded = 0, 0.0, False, False
@@ -287,9 +294,21 @@ PolicyFn = Callable[[Observation], np.ndarray]
 """obs -> raw action chunk [N, A] (or one action [A]) in the env's units."""
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a success rate (95% for z = 1.96). Unlike the normal approximation it
+    stays inside [0, 1] and is honest at 0/n and n/n: 0/50 gives [0, 0.071], not [0, 0]."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
 def _rate(records: list[dict[str, Any]]) -> dict[str, Any]:
     n, ok = len(records), sum(r["success"] for r in records)
-    return {"episodes": n, "successes": ok, "success_rate": ok / n if n else 0.0}
+    return {"episodes": n, "successes": ok, "success_rate": ok / n if n else 0.0, "ci95": list(wilson_interval(ok, n))}
 
 
 def rollout(policy_fn: PolicyFn, env: ClosedLoopEnv, episodes: int, seed: int = 0, *,
@@ -301,9 +320,9 @@ def rollout(policy_fn: PolicyFn, env: ClosedLoopEnv, episodes: int, seed: int = 
     observation; LARA executes 1 step of each chunk. A ``policy_fn`` with a ``reset(seed)`` method
     has it called at the start of every episode.
 
-    Returns ``success_rate``, ``successes``, ``mean_steps`` (over all episodes; a failure counts
+    Returns ``success_rate``, ``successes``, ``ci95`` (Wilson 95% interval), ``mean_steps`` (over all episodes; a failure counts
     ``max_steps``), ``mean_steps_success`` (None without successes), ``policy_calls``,
-    ``per_task`` and ``per_instruction`` (``episodes``/``successes``/``success_rate`` each) and
+    ``per_task`` and ``per_instruction`` (``episodes``/``successes``/``success_rate``/``ci95`` each) and
     ``episode_results`` (seed, instruction, task, success, steps, policy_calls per episode).
     """
     if episodes < 1:

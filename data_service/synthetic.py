@@ -346,14 +346,46 @@ class Task:
     """The instruction's meaning."""
 
 
-def _make_task(world: World, rng: np.random.Generator) -> Task:
+TASK_FAMILIES: dict[str, float] = {"pick": 0.3, "push": 0.25, "move": 0.15, "place": 0.2, "rotate": 0.1}
+"""The task families and how often each is drawn (renormalized over the enabled ones)."""
+
+
+@dataclass(frozen=True)
+class WorldOptions:
+    """What the generator draws and records beyond sizes and seed (``SyntheticDataConfig``'s
+    ``tasks``/``tilt_wobble``/``idle_steps``); the closed-loop env takes the same options so it draws
+    the scenes and tasks of the dataset it evaluates."""
+
+    tasks: tuple[str, ...] = tuple(TASK_FAMILIES)
+    """Enabled task families, a subset of ``TASK_FAMILIES``."""
+    tilt_wobble: bool = False
+    """Roll/pitch follow a slow random sinusoid whose phase no frame shows (the old default, kept for
+    studies of unobservable label noise); off, the expert holds the wrist level."""
+    idle_steps: int = 2
+    """Steps recorded after the expert's last waypoint, holding still, before the episode ends;
+    -1 records the drawn length whatever happens (the tail then holds still)."""
+
+    def __post_init__(self) -> None:
+        unknown = [t for t in self.tasks if t not in TASK_FAMILIES]
+        if not self.tasks or unknown:
+            raise ValueError(f"synthetic tasks must be a non-empty subset of {list(TASK_FAMILIES)}, got {list(self.tasks)}")
+        if self.idle_steps < -1:
+            raise ValueError(f"synthetic idle_steps must be >= -1, got {self.idle_steps}")
+
+    @classmethod
+    def from_config(cls, cfg: SyntheticDataConfig) -> WorldOptions:
+        return cls(tuple(cfg.tasks), bool(cfg.tilt_wobble), int(cfg.idle_steps))
+
+
+def _make_task(world: World, rng: np.random.Generator, tasks: tuple[str, ...] = tuple(TASK_FAMILIES)) -> Task:
     names = [b.color for b in world.blocks]
-    kind = rng.choice(["pick", "push", "move", "place", "rotate"], p=[0.3, 0.25, 0.15, 0.2, 0.1])
+    weights = np.array([TASK_FAMILIES[t] for t in tasks])
+    kind = str(rng.choice(list(tasks), p=weights / weights.sum())) if len(tasks) > 1 else tasks[0]
     hover = 0.45
     if kind in ("pick", "place"):
         i = int(rng.integers(len(names)))
         b = world.blocks[i]
-        yaw = float(rng.uniform(-0.6, 0.6))
+        yaw = float(b.angle)  # align the jaws with the block: a target the frames show
         pts = [Waypoint(np.array([*b.pos, hover]), 1.0, yaw), Waypoint(np.array([*b.pos, 0.04]), 1.0),
                Waypoint(np.array([*b.pos, 0.04]), 0.0, hold=1)]
         if kind == "pick":
@@ -380,8 +412,9 @@ def _make_task(world: World, rng: np.random.Generator) -> Task:
                     Goal("push", block=names[i], direction=dname))
     if kind == "move":
         place = str(rng.choice(list(PLACES)))
-        target = np.array([*PLACES[place], rng.uniform(0.2, 0.6)])
-        return Task(f"move the gripper to the {place}", [Waypoint(target, 1.0, float(rng.uniform(-1, 1)), hold=2)],
+        # The instruction names neither a height nor a yaw: keep both (no unobservable targets).
+        target = np.array([*PLACES[place], world.pose[2]])
+        return Task(f"move the gripper to the {place}", [Waypoint(target, 1.0, None, hold=2)],
                     Goal("move", place=place))
     turn = float(rng.choice([-1.0, 1.0]))
     yaw0 = float(world.pose[5])
@@ -404,17 +437,25 @@ def _wrap(a: float) -> float:
 
 
 class ScriptedPolicy:
-    """Proportional controller through the task's waypoints, with exploration noise.
+    """Proportional controller through the task's waypoints, with small exploration noise.
 
-    The speed is set so the task fits the episode, and roll/pitch follow a slow random wobble, so
-    every action dimension varies and is visible between frames."""
+    The speed is set so the task fits ~75% of the episode. After the last waypoint the expert holds
+    still (keeping its gripper state): that tail is as predictable as the task. With ``tilt_wobble``
+    roll/pitch follow a slow random sinusoid (its phase is not in any frame, so those labels are
+    noise to a policy); without it the wrist stays level and roll/pitch are exactly 0."""
 
-    def __init__(self, world: World, task: Task, length: int, rng: np.random.Generator) -> None:
+    def __init__(self, world: World, task: Task, length: int, rng: np.random.Generator, *,
+                 tilt_wobble: bool = False) -> None:
         self.task, self.rng = task, rng
         self.i, self.held_for = 0, 0
         self.vmax = float(np.clip(_path_length(world, task) / max(1.0, 0.75 * length), 0.06, 0.16))
-        self.wobble = rng.uniform(0.1, 0.3, 2), rng.uniform(0.15, 0.5, 2), rng.uniform(0, 2 * np.pi, 2)
+        self.wobble = (rng.uniform(0.1, 0.3, 2), rng.uniform(0.15, 0.5, 2), rng.uniform(0, 2 * np.pi, 2)) if tilt_wobble else None
         self.t = 0
+
+    @property
+    def done(self) -> bool:
+        """Every waypoint reached."""
+        return self.i >= len(self.task.waypoints)
 
     def __call__(self, world: World) -> np.ndarray:
         rng, pose = self.rng, world.pose
@@ -430,14 +471,15 @@ class ScriptedPolicy:
                 self.held_for += 1
                 if self.held_for > wp.hold:
                     self.i, self.held_for = self.i + 1, 0
-        else:  # done: drift around, keeping the final gripper state
-            action[:3] = rng.normal(0.0, 0.03, 3)
-            action[5] = rng.normal(0.0, 0.08)
+        else:  # done: hold still, keeping the final gripper state
             action[6] = self.task.waypoints[-1].grip if self.task.waypoints else 1.0
-        amp, freq, phase = self.wobble
-        target_tilt = amp * np.sin(freq * self.t + phase)
-        action[3:5] = np.clip(target_tilt - pose[3:5], -0.12, 0.12)
-        action[:6] += rng.normal(0.0, [0.008, 0.008, 0.006, 0.01, 0.01, 0.02]).astype(np.float32)
+        if self.wobble is not None:
+            amp, freq, phase = self.wobble
+            target_tilt = amp * np.sin(freq * self.t + phase)
+            action[3:5] = np.clip(target_tilt - pose[3:5], -0.12, 0.12)
+            action[:6] += rng.normal(0.0, [0.008, 0.008, 0.006, 0.01, 0.01, 0.02]).astype(np.float32)
+        else:  # level wrist: roll/pitch stay exactly 0, noise only where the frames show its effect
+            action[[0, 1, 2, 5]] += rng.normal(0.0, [0.008, 0.008, 0.006, 0.02]).astype(np.float32)
         self.t += 1
         return action.astype(np.float32)
 
@@ -476,23 +518,32 @@ def episode_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, {"train": 0, "val": 1}.get(split, 2), index])
 
 
-def start_episode(rng: np.random.Generator, length: int) -> tuple[int, World, Task, ScriptedPolicy]:
-    """Draws an episode's length T (``length`` +-25%), its scene, its task and the scripted policy
-    that carries it out (in that order, from ``rng``, which the policy keeps for its noise)."""
+def start_episode(rng: np.random.Generator, length: int, options: WorldOptions = WorldOptions()
+                  ) -> tuple[int, World, Task, ScriptedPolicy]:
+    """Draws an episode's length cap T (``length`` +-25%), its scene, its task (from
+    ``options.tasks``) and the scripted policy that carries it out (in that order, from ``rng``,
+    which the policy keeps for its noise)."""
     T = max(2, int(round(length * rng.uniform(0.75, 1.25))))
     world = _new_world(rng)
-    task = _make_task(world, rng)
-    return T, world, task, ScriptedPolicy(world, task, T, rng)
+    task = _make_task(world, rng, options.tasks)
+    return T, world, task, ScriptedPolicy(world, task, T, rng, tilt_wobble=options.tilt_wobble)
 
 
-def _rollout(seed: int, split: str, index: int, length: int) -> tuple[Task, Iterator[tuple[World, np.ndarray]]]:
+def _rollout(seed: int, split: str, index: int, length: int, options: WorldOptions = WorldOptions()
+             ) -> tuple[Task, Iterator[tuple[World, np.ndarray]]]:
     """The episode's task and its steps: (world before the step, action taken), a pure function
     of the arguments (own RNG stream). Rendering draws no random numbers, so every view of an
-    episode (robot cameras, human video) shows the same motion."""
-    T, world, task, policy = start_episode(episode_rng(seed, split, index), length)
+    episode (robot cameras, human video) shows the same motion. The episode ends after the drawn
+    length, or ``options.idle_steps`` steps after the expert finished, whichever comes first."""
+    T, world, task, policy = start_episode(episode_rng(seed, split, index), length, options)
 
     def steps() -> Iterator[tuple[World, np.ndarray]]:
+        idle = 0
         for _ in range(T):
+            if policy.done and options.idle_steps >= 0:
+                if idle >= options.idle_steps:
+                    return
+                idle += 1
             a = policy(world)
             yield world, a
             world.step(a)
@@ -500,9 +551,10 @@ def _rollout(seed: int, split: str, index: int, length: int) -> tuple[Task, Iter
     return task, steps()
 
 
-def generate_episode(seed: int, split: str, index: int, length: int, image_size: int) -> SyntheticEpisode:
+def generate_episode(seed: int, split: str, index: int, length: int, image_size: int,
+                     options: WorldOptions = WorldOptions()) -> SyntheticEpisode:
     """Episode ``index`` of ``split``: a pure function of its arguments (own RNG stream)."""
-    task, steps = _rollout(seed, split, index, length)
+    task, steps = _rollout(seed, split, index, length, options)
     imgs, wrists, states, actions = [], [], [], []
     for world, a in steps:
         imgs.append(render_top(world, image_size))
@@ -512,10 +564,11 @@ def generate_episode(seed: int, split: str, index: int, length: int, image_size:
     return SyntheticEpisode(np.stack(imgs), np.stack(wrists), np.stack(states), np.stack(actions), task.instruction)
 
 
-def generate_human_episode(seed: int, split: str, index: int, length: int, image_size: int) -> tuple[np.ndarray, str]:
+def generate_human_episode(seed: int, split: str, index: int, length: int, image_size: int,
+                           options: WorldOptions = WorldOptions()) -> tuple[np.ndarray, str]:
     """The same episode filmed as human video: uint8 [T, S, S, 3] top-view frames with a hand
     where the gripper was, and the instruction (no actions)."""
-    task, steps = _rollout(seed, split, index, length)
+    task, steps = _rollout(seed, split, index, length, options)
     return np.stack([render_human(world, image_size) for world, _ in steps]), task.instruction
 
 
@@ -549,9 +602,10 @@ def episode_features(ep: SyntheticEpisode, split: str, index: int) -> dict[str, 
 # ---------------------------------------------------------------------------------------------
 
 
-def _params(cfg: SyntheticDataConfig) -> dict[str, int]:
+def _params(cfg: SyntheticDataConfig) -> dict[str, object]:
     return {"train_episodes": cfg.train_episodes, "val_episodes": cfg.val_episodes,
-            "episode_length": cfg.episode_length, "image_size": cfg.image_size, "seed": cfg.seed}
+            "episode_length": cfg.episode_length, "image_size": cfg.image_size, "seed": cfg.seed,
+            "tasks": list(cfg.tasks), "tilt_wobble": bool(cfg.tilt_wobble), "idle_steps": int(cfg.idle_steps)}
 
 
 def _write(cfg: SyntheticDataConfig, data_dir: Path) -> Path:
@@ -563,7 +617,8 @@ def _write(cfg: SyntheticDataConfig, data_dir: Path) -> Path:
     for split, n in (("train", cfg.train_episodes), ("val", cfg.val_episodes)):
         if n <= 0:
             continue
-        eps = (episode_features(generate_episode(cfg.seed, split, i, cfg.episode_length, s), split, i) for i in range(n))
+        opts = WorldOptions.from_config(cfg)
+        eps = (episode_features(generate_episode(cfg.seed, split, i, cfg.episode_length, s, opts), split, i) for i in range(n))
         writer.write_split(split, eps, n, num_shards=max(1, n // 32))
     out = writer.finish()
     with open(out / "synthetic_config.json", "w", encoding="utf-8") as f:
@@ -571,7 +626,7 @@ def _write(cfg: SyntheticDataConfig, data_dir: Path) -> Path:
     return out
 
 
-def _build_once(target: Path, root: Path, params: dict[str, int], build: Callable[[Path], Path]) -> Path:
+def _build_once(target: Path, root: Path, params: dict[str, object], build: Callable[[Path], Path]) -> Path:
     """Builds ``target`` via ``build(tmp_dir) -> built dir`` unless it exists, atomically.
 
     The data is built in a private temp dir and renamed into place, so concurrent ranks never see
@@ -638,7 +693,8 @@ def _write_human_video(cfg: SyntheticDataConfig, out: Path) -> Path:
             continue
         rows = []
         for i in range(n):
-            frames, text = generate_human_episode(cfg.seed, split, i, cfg.episode_length, cfg.image_size)
+            frames, text = generate_human_episode(cfg.seed, split, i, cfg.episode_length, cfg.image_size,
+                                                  WorldOptions.from_config(cfg))
             rel = f"videos/{split}_{i:05d}.mp4"
             write_video(out / rel, frames, VIDEO_FPS, gop=VIDEO_GOP)
             rows.append((rel, human_instruction(text)))
@@ -669,10 +725,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episode-length", type=int, default=d.episode_length)
     p.add_argument("--image-size", type=int, default=d.image_size)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--tasks", default=",".join(d.tasks), help="comma-separated task families (" + ", ".join(TASK_FAMILIES) + ")")
+    p.add_argument("--tilt-wobble", action="store_true", help="unobservable roll/pitch wobble in the labels (old world)")
+    p.add_argument("--idle-steps", type=int, default=d.idle_steps, help="still steps after the task (-1: full length)")
     p.add_argument("--no-videos", action="store_true", help=f"skip the human-style videos (OUT/{HUMAN_NAME})")
     a = p.parse_args(argv)
     cfg = SyntheticDataConfig(enabled=True, root=a.out, train_episodes=a.train_episodes, val_episodes=a.val_episodes,
-                              episode_length=a.episode_length, image_size=a.image_size, seed=a.seed)
+                              episode_length=a.episode_length, image_size=a.image_size, seed=a.seed,
+                              tasks=[t.strip() for t in a.tasks.split(",") if t.strip()], tilt_wobble=a.tilt_wobble,
+                              idle_steps=a.idle_steps)
+    try:
+        WorldOptions.from_config(cfg)
+    except ValueError as e:
+        p.error(str(e))
     t0 = time.perf_counter()
     out = generate_synthetic_world(cfg)
     print(f"{out} ({time.perf_counter() - t0:.1f} s)")

@@ -1,11 +1,13 @@
 """Closed-loop evaluation of an exported policy in the synthetic world.
 
-    python -m lavla.launcher.rollout --policy EXPORT_DIR [--episodes 20] [--execute-steps 1] [--seed 0]
+    python -m lavla.launcher.rollout --policy EXPORT_DIR [--episodes 50] [--execute-steps 1] [--seed 0]
 
 Loads the policy with ``model.policy_io.load_policy`` (no DeepSpeed), runs ``--episodes`` episodes
 of ``data_service.sim_env.SyntheticWorldEnv`` (scenes ``seed .. seed + episodes - 1`` of the
 held-out ``eval`` stream by default) and prints one JSON object: success rate, mean steps,
-per-task and per-instruction success, and every episode's outcome (``data_service.sim_env.rollout``).
+per-task and per-instruction success with Wilson 95% intervals, the random floor (uniform actions
+over the dataset's normalized range on the same scenes, per task) and every episode's outcome
+(``data_service.sim_env.rollout``); a per-task table of both goes to stderr.
 
 Each step, the observation becomes a one-sample batch in the ``data_service.schema`` layout exactly
 as the training pipeline builds one (:func:`observation_batch`): frames go through the dataset's
@@ -23,6 +25,7 @@ policy or argument.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -141,11 +144,45 @@ class PolicyRunner:
         return np.asarray(raw, np.float32)
 
 
+class RandomActionRunner:
+    """The random floor: uniform actions over the policy's normalized range ([-1, 1] per dim, so the
+    box the dataset's actions span), unnormalized like the policy's own, one chunk of the policy's
+    horizon per call. What a success rate must beat to show the policy does anything."""
+
+    def __init__(self, policy: Any, dataset_name: str, seed: int = 0) -> None:
+        self.policy, self.dataset_name = policy, dataset_name
+        self.horizon, self.dim = int(policy.data_cfg.action_horizon), int(policy.action_dim(dataset_name))
+        self.rng = np.random.default_rng(seed)
+
+    def reset(self, seed: int) -> None:
+        self.rng = np.random.default_rng([int(seed), 1])
+
+    def __call__(self, obs: dict[str, Any]) -> np.ndarray:
+        normalized = self.rng.uniform(-1.0, 1.0, (self.horizon, self.dim)).astype(np.float32)
+        return np.asarray(self.policy.unnormalize_action(normalized, self.dataset_name), np.float32)
+
+
+def _fmt_rate(r: dict[str, Any]) -> str:
+    lo, hi = r["ci95"]
+    return f"{r['successes']}/{r['episodes']} = {r['success_rate']:.0%} [{lo:.0%}, {hi:.0%}]"
+
+
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    """Per task family: the policy's success and the random floor, with Wilson 95% intervals."""
+    floor = result.get("random_floor") or {}
+    lines = [f"{'task':<10} {'policy':<28} random floor"]
+    for task, r in result["per_task"].items():
+        f = floor.get("per_task", {}).get(task)
+        lines.append(f"{task:<10} {_fmt_rate(r):<28} {_fmt_rate(f) if f else '-'}")
+    lines.append(f"{'all':<10} {_fmt_rate(result):<28} {_fmt_rate(floor) if floor else '-'}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lavla.launcher.rollout",
                                 description="Closed-loop evaluation of an exported policy in the synthetic world.")
     p.add_argument("--policy", required=True, help="export directory (python -m lavla.launcher.export_policy)")
-    p.add_argument("--episodes", type=int, default=20, help="episodes (scenes seed .. seed+episodes-1)")
+    p.add_argument("--episodes", type=int, default=50, help="episodes (scenes seed .. seed+episodes-1)")
     p.add_argument("--execute-steps", type=int, default=1,
                    help="actions of each predicted chunk executed before re-planning (LARA: 1)")
     p.add_argument("--seed", type=int, default=0,
@@ -157,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-steps", type=int, default=None, help="flow-matching integration steps (default: the model's)")
     p.add_argument("--device", default="cpu", help="torch device for the policy")
     p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the weights' sha256 check")
+    p.add_argument("--tasks", default=None,
+                   help="comma-separated task families to draw (default: the policy's training world's)")
+    p.add_argument("--no-random-floor", dest="random_floor", action="store_false",
+                   help="skip the random-action episodes (same scenes) that give each task's floor")
     p.add_argument("--out", default=None, help="also write the JSON result to this file")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -165,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from lavla.data_service.sim_env import SyntheticWorldEnv, rollout
+    from lavla.data_service.synthetic import WorldOptions
     from lavla.model.policy_io import PolicyLoadError, load_policy
 
     t0 = time.perf_counter()
@@ -174,8 +216,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     syn = policy.data_cfg.synthetic
+    try:
+        options = WorldOptions.from_config(syn)
+        if a.tasks:
+            options = dataclasses.replace(options, tasks=tuple(t.strip() for t in a.tasks.split(",") if t.strip()))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     env = SyntheticWorldEnv(image_size=syn.image_size, max_steps=a.max_steps, episode_length=syn.episode_length,
-                            split=a.split, world_seed=syn.seed)
+                            split=a.split, world_seed=syn.seed, options=options)
     try:
         runner = PolicyRunner(policy, env.dataset_name, image_encodings=dict(env.image_encodings),
                               num_steps=a.num_steps, seed=a.seed)
@@ -184,10 +233,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     log.info("rolling out %s (%s) for %d episodes", a.policy, policy.meta.get("recipe", "?"), a.episodes)
     result = rollout(runner, env, a.episodes, a.seed, execute_steps=a.execute_steps)
+    floor = None
+    if a.random_floor:
+        random_result = rollout(RandomActionRunner(policy, env.dataset_name, a.seed), env, a.episodes, a.seed,
+                                execute_steps=a.execute_steps)
+        floor = {k: random_result[k] for k in ("success_rate", "successes", "episodes", "ci95", "per_task")}
     result = {"policy": str(policy.export_dir), "recipe": policy.meta.get("recipe"), "step": policy.meta.get("step"),
-              "dataset": env.dataset_name, "split": a.split, **result,
+              "dataset": env.dataset_name, "split": a.split, **result, "random_floor": floor,
               "policy_seconds_per_call": runner.seconds / max(1, runner.calls),
               "wall_seconds": time.perf_counter() - t0}
+    for line in summary_lines(result):
+        log.info("%s", line)
     text = json.dumps(result, indent=2)
     if a.out:
         with open(a.out, "w", encoding="utf-8") as f:

@@ -44,8 +44,13 @@ class BackboneConfig:
     """Transformer layers over [image, wrist, text] tokens (full size: VLM truncated at layer 12)."""
     heads: int = 4
     """Attention heads."""
-    max_text_len: int = 32
-    """Instruction bytes kept (UTF-8, truncated/padded, masked)."""
+    max_text_len: int = 64
+    """Instruction bytes kept (UTF-8, padded, masked). Longer instructions are truncated, and two
+    instructions that truncate to the same bytes are refused at the first batch holding both
+    (``model.instructions.InstructionCollisionError``): the policy could not tell them apart."""
+    max_queries: int = 128
+    """Learned query embeddings available (each query position has its own, so the recipe's queries,
+    one per action step and slot, start distinct); a recipe asking for more is an error."""
     use_wrist: bool = True
     """Encode ``image_wrist`` too (always run; masked out where ``has_wrist`` is False)."""
     frozen: bool = False
@@ -56,6 +61,7 @@ class BackboneConfig:
         _check(self.kind != "hf" or bool(self.hf.pretrained_path), "backbone.kind=hf needs backbone.hf.pretrained_path")
         _check(self.image_size % self.patch_size == 0, f"backbone.image_size {self.image_size} % patch_size {self.patch_size} != 0")
         _check(self.dim % self.heads == 0, f"backbone.dim {self.dim} not divisible by heads {self.heads}")
+        _check(self.max_text_len >= 1 and self.max_queries >= 1, "backbone.max_text_len and max_queries must be >= 1")
 
 
 @dataclass
@@ -185,8 +191,14 @@ class LamConfig:
     motion (Moto: False, its 12-layer decoder re-renders the whole frame)."""
     recon_weight: float = 1.0
     """Weight of the pixel MSE in the LAM loss (vq loss has weight 1, as in Moto)."""
+    motion_weight: float = 0.0
+    """Extra weight of the pixels that change between x_t and x_{t+H} in the pixel MSE (weight
+    ``1 + motion_weight`` there, 1 elsewhere, normalized by the total weight). In a tabletop frame
+    only a few percent of the pixels move, so copying x_t already scores a low plain MSE and a small
+    LAM learns to ignore its latent; 0 = plain MSE (Moto)."""
 
     def __post_init__(self) -> None:
+        _check(self.motion_weight >= 0.0, f"lam.motion_weight must be >= 0, got {self.motion_weight}")
         _check(self.image_size % self.patch_size == 0, f"lam.image_size {self.image_size} % patch_size {self.patch_size} != 0")
         _check(self.dim % self.heads == 0, f"lam.dim {self.dim} not divisible by heads {self.heads}")
         _check(self.decoder_dim % self.decoder_heads == 0, f"lam.decoder_dim {self.decoder_dim} not divisible by decoder_heads")
@@ -240,6 +252,8 @@ class LaraConfig(ModelConfig):
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     """Vision-language backbone."""
+    proprio_dropout: float = 0.0
+    """Probability that a training sample's proprio is zeroed (``model.proprio``); 0 = off (LARA)."""
     lam: LamConfig = field(default_factory=LamConfig)
     """Latent action model supplying the alignment target."""
     head: FlowHeadConfig = field(default_factory=FlowHeadConfig)

@@ -139,6 +139,22 @@ class LatentActions(NamedTuple):
     """Quantizer metrics (perplexity, active codes, ...)."""
 
 
+CHANGE_THRESHOLD = 2.0 / 255.0 * 4
+"""A pixel "changes" when some channel moves by more than 4 grey levels (in [-1,1] units): above
+JPEG/resize noise, below any real edge crossing."""
+
+
+def reconstruction_loss(pred: Tensor, target: Tensor, cond: Tensor, motion_weight: float = 0.0) -> Tensor:
+    """Pixel MSE of ``pred`` against ``target`` ([-1,1] float [B,3,H,W]); with ``motion_weight`` > 0
+    the pixels where ``target`` differs from ``cond`` weigh ``1 + motion_weight``."""
+    err = (pred.float() - target.float()).pow(2)
+    if motion_weight <= 0.0:
+        return err.mean()
+    changed = ((target.float() - cond.float()).abs().amax(dim=1, keepdim=True) > CHANGE_THRESHOLD).float()
+    weight = 1.0 + motion_weight * changed
+    return (err * weight).sum() / (weight.sum() * err.shape[1])
+
+
 def lam_metrics(loss: Tensor, recon: Tensor, lat: LatentActions) -> dict[str, Tensor]:
     """The metrics every LAM logs: total, reconstruction, quantizer loss and codebook health."""
     return {
@@ -186,7 +202,8 @@ class LatentActionModel(nn.Module):
         """LAM loss = recon_weight * pixel MSE + vq loss; ``return_latents`` adds the LatentActions."""
         x_t, x_tH = batch["image_primary"], batch["image_future"]
         lat = self.encode(x_t, x_tH)
-        recon = F.mse_loss(self.decode(x_t, lat.quantized).float(), normalize_image(x_tH))
+        recon = reconstruction_loss(self.decode(x_t, lat.quantized), normalize_image(x_tH), normalize_image(x_t),
+                                    self.cfg.motion_weight)
         loss = self.cfg.recon_weight * recon + lat.vq_loss
         metrics = lam_metrics(loss, recon, lat)
         return (loss, metrics, lat) if return_latents else (loss, metrics)

@@ -78,10 +78,11 @@ class ProbeResult(NamedTuple):
 class RegressionResult(NamedTuple):
     """Scores of a regression probe."""
 
-    r2: list[float]
-    """Test R^2 per target dimension (1 - SSE / SST, SST about the test mean)."""
+    r2: list[float | None]
+    """Test R^2 per target dimension (1 - SSE / SST, SST about the test mean); None where the test
+    targets do not vary (a constant dimension has no R^2: it would read as a perfect 1.0)."""
     mean_r2: float
-    """Mean of ``r2``."""
+    """Mean of ``r2`` over the dimensions that have one (NaN if none)."""
 
 
 def _standardize(train: Tensor, test: Tensor) -> tuple[Tensor, Tensor]:
@@ -123,6 +124,8 @@ def fit_ridge_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Te
     w = torch.linalg.solve(xtr.T @ xtr + l2 * xtr.shape[0] * torch.eye(d, dtype=torch.float64), xtr.T @ (ytr - y_mu))
     pred = xte @ w + y_mu
     sse = (yte - pred).pow(2).sum(0)
-    sst = (yte - yte.mean(0, keepdim=True)).pow(2).sum(0).clamp_min(1e-12)
-    r2 = (1.0 - sse / sst).tolist()
-    return RegressionResult(r2, float(np.mean(r2)))
+    sst = (yte - yte.mean(0, keepdim=True)).pow(2).sum(0)
+    varies = sst > 1e-12 * max(1, yte.shape[0])
+    r2 = [float(1.0 - e / t) if v else None for e, t, v in zip(sse.tolist(), sst.tolist(), varies.tolist())]
+    scored = [r for r in r2 if r is not None]
+    return RegressionResult(r2, float(np.mean(scored)) if scored else float("nan"))

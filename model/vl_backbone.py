@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lavla.model.config import BackboneConfig
+from lavla.model.instructions import InstructionIdCheck
 from lavla.model.layers import PatchEmbed, TransformerBlock, normalize_image
 
 
@@ -118,7 +119,16 @@ class TinyVLBackbone(VLBackbone):
         self.text_embed = nn.Embedding(BYTE_VOCAB, d, padding_idx=0)
         self.text_pos = nn.Parameter(torch.randn(1, cfg.max_text_len, d) * 0.02)
         self.type_embed = nn.Embedding(4, d)  # 0 = primary, 1 = wrist, 2 = text, 3 = query
-        self.query_embed = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+        # Embeddings at the transformer-standard 0.02 scale: at nn.Embedding's N(0, 1) the constant
+        # type and text rows outweighed the image patches ~30x, every query read the same average
+        # and the query states varied across samples by < 1% of their norm.
+        nn.init.normal_(self.type_embed.weight, std=0.02)
+        with torch.no_grad():
+            self.text_embed.weight[1:].normal_(0.0, 0.02)
+        # One embedding per query position: with a shared one (and no positions on the queries)
+        # every query of a sample computes the same state, so a head reading them sees one vector.
+        self.query_embed = nn.Parameter(torch.randn(1, cfg.max_queries, d) * 0.02)
+        self.instructions = InstructionIdCheck(cfg.max_text_len)
         self.blocks = nn.ModuleList(TransformerBlock(d, cfg.heads) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(d)
         # Untied: under ZeRO-3 the embedding's weight exists only inside the embedding's own forward.
@@ -167,12 +177,16 @@ class TinyVLBackbone(VLBackbone):
             img = img.view(len(views), b, *img.shape[1:])
             types = self.type_embed(torch.arange(4, device=dev))
             img_tokens = [img[v] + types[v] for v in range(len(views))]
+            self.instructions.check(batch["language"])
             ids, text_mask = tokenize_bytes(list(batch["language"]), self.cfg.max_text_len, dev)
             text = self.text_embed(ids) + self.text_pos + types[2]
             parts, part_masks = [*img_tokens, text], [*masks, text_mask]
             task_len = sum(p.shape[1] for p in parts)
             if num_queries:
-                parts.append((self.query_embed + types[3]).expand(b, num_queries, -1))
+                if num_queries > self.query_embed.shape[1]:
+                    raise ValueError(f"{num_queries} queries asked of a backbone with backbone.max_queries="
+                                     f"{self.query_embed.shape[1]}; raise it")
+                parts.append((self.query_embed[:, :num_queries] + types[3]).expand(b, -1, -1))
                 part_masks.append(torch.ones(b, num_queries, dtype=torch.bool, device=dev))
             x = torch.cat(parts, dim=1)
             mask = torch.cat(part_masks, dim=1)

@@ -59,6 +59,9 @@ class FptConfig(ModelConfig):
     """L1 regression action head (FPT: 11 blocks, width 2048)."""
     latent: LatentTargetConfig = field(default_factory=LatentTargetConfig)
     """Latent targets (not used by baseline)."""
+    proprio_dropout: float = 0.0
+    """Probability that a training sample's proprio is zeroed (``model.proprio``): against the "act
+    from proprio, ignore the images" shortcut of small policies. 0 = off (the papers' setting)."""
     action_queries_per_step: int = 1
     """Action queries per action step (FPT baseline: 5, i.e. 40 queries for 8 steps; la_align: 1)."""
     align_layer: int = -1

@@ -23,6 +23,7 @@ from lavla.model.config import LaraConfig
 from lavla.model.factory import register_builder, require_equal
 from lavla.model.flow_head import FlowMatchingHead
 from lavla.model.lam import LatentActionModel
+from lavla.model.proprio import policy_proprio
 from lavla.model.vl_backbone import VLBackbone, build_backbone
 
 
@@ -54,7 +55,7 @@ class LaraPolicy(nn.Module):
     def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         cfg = self.cfg
         vl, vl_mask = self.vl_tokens(batch)
-        proprio = torch.where(batch["proprio_dim_mask"].bool(), batch["proprio"], torch.zeros_like(batch["proprio"]))
+        proprio = policy_proprio(batch, dropout=self.cfg.proprio_dropout, training=self.training)
         flow = self.head.loss(vl, vl_mask, proprio, batch["embodiment_id"], batch["action"], supervision_mask(batch))
 
         with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.lam_trainable):
@@ -83,9 +84,7 @@ class LaraPolicy(nn.Module):
     def predict_action(self, batch: dict[str, Any], num_steps: int | None = None, generator: torch.Generator | None = None) -> Tensor:
         """Normalized action chunk [B,N,A]; padded dims (``action_dim_mask`` False, if given) are 0."""
         vl, vl_mask = self.vl_tokens(batch)
-        proprio = batch["proprio"]
-        if "proprio_dim_mask" in batch:
-            proprio = torch.where(batch["proprio_dim_mask"].bool(), proprio, torch.zeros_like(proprio))
+        proprio = policy_proprio(batch)
         actions = self.head.sample(vl, vl_mask, proprio, batch["embodiment_id"], num_steps=num_steps, generator=generator)
         if "action_dim_mask" in batch:
             actions = actions * batch["action_dim_mask"].to(actions.dtype)[:, None, :]

@@ -29,6 +29,7 @@ from torch import Tensor
 from lavla.data_service.config import DataConfig
 from lavla.data_service.schema import supervision_mask
 from lavla.model.factory import register_builder, require_equal
+from lavla.model.proprio import policy_proprio
 from lavla.model.l1_head import L1RegressionHead, masked_l1
 from lavla.model.latent_targets import LatentSource, LatentTargets, load_exported_weights
 from lavla.model.vl_backbone import VLBackbone, VLMOutput, build_backbone, gather_positions
@@ -154,9 +155,7 @@ class PixelsToTokensPolicy(nn.Module):
 
     def _actions(self, out: VLMOutput, batch: dict[str, Any]) -> Tensor:
         layers, queries = self._head_queries(out)
-        proprio = batch["proprio"]
-        if "proprio_dim_mask" in batch:
-            proprio = torch.where(batch["proprio_dim_mask"].bool(), proprio, torch.zeros_like(proprio))
+        proprio = policy_proprio(batch, dropout=self.cfg.proprio_dropout, training=self.training)
         return self.head(layers, out.task_mask, queries, proprio)
 
     def _latent_logits(self, out: VLMOutput) -> Tensor:

@@ -10,7 +10,17 @@ import pytest
 
 from lavla.data_service.config import SyntheticDataConfig
 from lavla.data_service.rlds import RLDSDataset
-from lavla.data_service.synthetic import World, generate_episode, generate_synthetic_world, render_top, render_wrist
+from lavla.data_service.synthetic import (
+    World,
+    WorldOptions,
+    _rollout,
+    episode_rng,
+    generate_episode,
+    generate_synthetic_world,
+    render_top,
+    render_wrist,
+    start_episode,
+)
 
 from .conftest import TINY
 
@@ -59,7 +69,48 @@ def test_actions_drive_the_state() -> None:
     np.testing.assert_allclose(delta[free], ep.actions[:-1][free, :3], atol=1e-5)
     np.testing.assert_array_equal(ep.states[1:, 7], ep.actions[:-1, 6])  # the gripper follows its command
     assert set(np.unique(ep.actions[:, 6])) <= {0.0, 1.0}
-    assert (ep.actions[:, :6].std(0) > 1e-3).all()  # every dim varies
+    assert (ep.actions[:, [0, 1, 2, 5]].std(0) > 1e-3).all()  # translation and yaw vary
+    np.testing.assert_array_equal(ep.actions[:, 3:5], 0.0)  # level wrist: no unobservable roll/pitch wobble
+    wobbly = generate_episode(0, "train", 5, 30, 32, WorldOptions(tilt_wobble=True))
+    assert (wobbly.actions[:, 3:5].std(0) > 1e-3).all()  # the old world is still there on request
+
+
+def test_episodes_end_when_the_task_is_done() -> None:
+    """The recorded episode stops ``idle_steps`` still steps after the expert's last waypoint, so no
+    label is post-task drift; -1 keeps the drawn length with a still tail."""
+    for i in range(12):
+        _, steps = _rollout(0, "train", i, 30, WorldOptions(idle_steps=2))
+        n = sum(1 for _ in steps)
+        full = len(generate_episode(0, "train", i, 30, 8, WorldOptions(idle_steps=-1)).actions)
+        assert 2 <= n <= full
+        short = generate_episode(0, "train", i, 30, 8)
+        assert len(short.actions) == n
+        if n < full:  # finished early: the last two labels hold still, gripper kept
+            np.testing.assert_allclose(short.actions[-2:, :3], 0.0, atol=0.05)
+            tail = generate_episode(0, "train", i, 30, 8, WorldOptions(idle_steps=-1)).actions[n:]
+            assert np.abs(tail[:, :3]).max() < 0.05 and (tail[:, 6] == short.actions[-1, 6]).all()
+
+
+def test_task_families_are_selectable() -> None:
+    for tasks in (("move",), ("rotate", "push")):
+        kinds = {_rollout(0, "train", i, 20, WorldOptions(tasks=tasks))[0].goal.kind for i in range(20)}
+        assert kinds == set(tasks)
+    with pytest.raises(ValueError, match="subset"):
+        WorldOptions(tasks=("fly",))
+    with pytest.raises(ValueError, match="subset"):
+        WorldOptions(tasks=())
+
+
+def test_instruction_targets_are_observable() -> None:
+    """move names no height or yaw, so the expert keeps both; pick/place align the jaws with the
+    block's visible rotation instead of a random yaw."""
+    for i in range(10):
+        task, _ = _rollout(0, "train", i, 20, WorldOptions(tasks=("move",)))
+        assert task.waypoints[0].yaw is None
+    for i in range(10):
+        _, world, task, _ = start_episode(episode_rng(0, "train", i), 20, WorldOptions(tasks=("pick",)))
+        block = next(b for b in world.blocks if b.color == task.goal.block)
+        assert task.waypoints[0].yaw == pytest.approx(block.angle)
 
 
 def test_every_action_dim_is_visible() -> None:
@@ -105,3 +156,14 @@ def test_concurrent_builders_agree(tmp_path: Path) -> None:
     assert outs[0] == outs[1]
     assert RLDSDataset(outs[0]).num_episodes("train") == 3
     assert [p.name for p in tmp_path.iterdir()] == ["synthetic_world"]  # no temp dirs left behind
+
+
+def test_cli_world_options(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-m", "lavla.data_service.synthetic", "--out", str(tmp_path), "--train-episodes", "2",
+                    "--val-episodes", "0", "--episode-length", "6", "--image-size", "8", "--tasks", "move,rotate",
+                    "--no-videos"], capture_output=True, text=True, timeout=120, check=True)
+    params = json.loads((tmp_path / "synthetic_world" / "1.0.0" / "synthetic_config.json").read_text())
+    assert params["tasks"] == ["move", "rotate"] and params["tilt_wobble"] is False and params["idle_steps"] == 2
+    bad = subprocess.run([sys.executable, "-m", "lavla.data_service.synthetic", "--out", str(tmp_path / "x"),
+                          "--tasks", "juggle"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "juggle" in bad.stderr
