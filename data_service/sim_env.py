@@ -56,6 +56,7 @@ from lavla.data_service.synthetic import (
     World,
     WorldOptions,
     episode_rng,
+    recorded_length,
     render_top,
     render_wrist,
     start_episode,
@@ -209,9 +210,10 @@ class SyntheticWorldEnv:
         if seed is None:
             seed = self._next_seed
         self.seed, self._next_seed = int(seed), int(seed) + 1
-        T, world, task, expert = start_episode(episode_rng(self.world_seed, self.split, self.seed), self.episode_length,
+        _, world, task, expert = start_episode(episode_rng(self.world_seed, self.split, self.seed), self.episode_length,
                                                self.options)
-        self.recorded_length, self.world, self.task, self._expert = T, world, task, expert
+        self.recorded_length = recorded_length(self.world_seed, self.split, self.seed, self.episode_length, self.options)
+        self.world, self.task, self._expert = world, task, expert
         self._start = _copy_world(world)
         self.steps, self._yaw_turned, self._done, self._succeeded = 0, 0.0, False, False
         return self.observation()

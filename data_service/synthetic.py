@@ -551,6 +551,12 @@ def _rollout(seed: int, split: str, index: int, length: int, options: WorldOptio
     return task, steps()
 
 
+def recorded_length(seed: int, split: str, index: int, length: int, options: WorldOptions = WorldOptions()) -> int:
+    """Steps the generator records for episode ``index`` (the drawn cap, or fewer when the expert
+    finishes early); simulated without rendering."""
+    return sum(1 for _ in _rollout(seed, split, index, length, options)[1])
+
+
 def generate_episode(seed: int, split: str, index: int, length: int, image_size: int,
                      options: WorldOptions = WorldOptions()) -> SyntheticEpisode:
     """Episode ``index`` of ``split``: a pure function of its arguments (own RNG stream)."""

@@ -29,6 +29,7 @@ from lavla.data_service.sim_env import (
     SyntheticWorldEnv,
     goal_reached,
     rollout,
+    wilson_interval,
 )
 from lavla.data_service.sources import open_source
 from lavla.data_service.synthetic import (
@@ -320,12 +321,15 @@ def test_rollout_aggregates() -> None:
     assert res["successes"] == 3 and res["success_rate"] == 0.5 and res["episodes"] == 6
     assert res["mean_steps"] == pytest.approx(np.mean(list(steps.values())))
     assert res["mean_steps_success"] == pytest.approx(2.0)
-    assert res["per_task"] == {"even": {"episodes": 3, "successes": 3, "success_rate": 1.0},
-                               "odd": {"episodes": 3, "successes": 0, "success_rate": 0.0}}
+    def rate(n: int, ok: int) -> dict:
+        return {"episodes": n, "successes": ok, "success_rate": ok / n, "ci95": list(wilson_interval(ok, n))}
+
+    assert res["per_task"] == {"even": rate(3, 3), "odd": rate(3, 0)}
+    assert res["ci95"] == list(wilson_interval(3, 6))
     # Instructions "task 2", "task 3", "task 0", "task 1", "task 2", "task 3" (seed % 4).
-    assert res["per_instruction"]["task 2"] == {"episodes": 2, "successes": 2, "success_rate": 1.0}
-    assert res["per_instruction"]["task 1"] == {"episodes": 1, "successes": 0, "success_rate": 0.0}
-    assert res["per_instruction"]["task 3"] == {"episodes": 2, "successes": 0, "success_rate": 0.0}
+    assert res["per_instruction"]["task 2"] == rate(2, 2)
+    assert res["per_instruction"]["task 1"] == rate(1, 0)
+    assert res["per_instruction"]["task 3"] == rate(2, 0)
     # Two actions of each 3-step chunk are executed, then the policy is asked again.
     per_ep = [math.ceil(s / 2) for s in steps.values()]
     assert [r["policy_calls"] for r in res["episode_results"]] == per_ep and res["policy_calls"] == sum(per_ep)
@@ -339,6 +343,18 @@ def test_rollout_aggregates() -> None:
     assert one["policy_calls"] == 1 + 5 and one["execute_steps"] == 1
     with pytest.raises(ValueError, match="execute_steps"):
         rollout(lambda obs: np.ones(7), _FakeEnv(), episodes=1, execute_steps=0)
+
+
+def test_wilson_interval() -> None:
+    """Known values (Wilson 1927; e.g. Newcombe 1998, table I): 0/50, 25/50, 50/50, 37/50."""
+    lo, hi = wilson_interval(0, 50)
+    assert lo == 0.0 and hi == pytest.approx(0.0713, abs=1e-4)
+    lo, hi = wilson_interval(25, 50)
+    assert (lo, hi) == (pytest.approx(0.3664, abs=1e-4), pytest.approx(0.6336, abs=1e-4))
+    assert wilson_interval(50, 50) == (pytest.approx(0.9287, abs=1e-4), 1.0)
+    lo, hi = wilson_interval(37, 50)
+    assert lo < 0.74 < hi and hi - lo < 0.26
+    assert wilson_interval(0, 0) == (0.0, 1.0)
 
 
 def test_step_contract() -> None:
