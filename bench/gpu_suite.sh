@@ -3,9 +3,10 @@
 #   1. the CUDA-only tests (pytest -m gpu): Triton kernel parity, attention backends, LARA on GPU
 #   2. python -m lavla.kernels.bench: fused codebook lookup vs the PyTorch reference, N=2^20, D=128, K=8/128/1024
 #   3. python -m lavla.trainer.bench_mfu --full-size: MFU and peak memory of LARA and the Pixels-to-Tokens baseline
+#   4. python -m lavla.launcher.learning_check --budget gpu: LAM probe, image-swap sensitivity and move success
 # Results (JSON + logs) go to $RESULTS (default: $OUT when set, else bench/results/<date>_<device>/).
 #
-#   BENCH_COMMIT=$(git rev-parse HEAD) bash bench/gpu_suite.sh [tests|kernels|mfu ...]
+#   BENCH_COMMIT=$(git rev-parse HEAD) bash bench/gpu_suite.sh [tests|kernels|mfu|learning ...]
 #
 # A GPU image without this project's pure-Python dependencies (deepspeed, draccus, ...) installs
 # them from wheels in .whl/ (`make gpu-wheels` downloads them on a machine with PyPI access).
@@ -34,7 +35,7 @@ SLUG=$(echo "$DEVICE" | tr 'A-Z' 'a-z' | tr -cs 'a-z0-9' '-' | sed 's/-$//')
 RESULTS=${RESULTS:-${OUT:-bench/results/$(date -u +%Y%m%d)_$SLUG}}
 mkdir -p "$RESULTS"
 STEPS=("$@")
-[ ${#STEPS[@]} -eq 0 ] && STEPS=(tests kernels mfu)
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(tests kernels mfu learning)
 echo "device: $DEVICE; commit: ${BENCH_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}; results: $RESULTS"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null | tee "$RESULTS/nvidia_smi.csv"
 
@@ -57,7 +58,11 @@ for step in "${STEPS[@]}"; do
                 2>&1 | tee "$RESULTS/mfu_$recipe.log"
             [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
         done ;;
-    *) echo "unknown step $step (tests, kernels, mfu)"; exit 2 ;;
+    learning)
+        if [ "$CUDA" = 1 ]; then budget=gpu; else budget=ci; fi
+        "$PY" -m lavla.launcher.learning_check --budget $budget --out "$RESULTS/learning" 2>&1 | tee "$RESULTS/learning.log"
+        [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
+    *) echo "unknown step $step (tests, kernels, mfu, learning)"; exit 2 ;;
     esac
 done
 echo "suite finished with status $status; results in $RESULTS"

@@ -95,7 +95,13 @@ class Thresholds:
 BUDGETS: dict[str, CheckBudget] = {
     "ci": CheckBudget("ci", tasks=("move", "pick"), train_episodes=300, val_episodes=40, episode_length=24,
                       lam_steps=600, lam_batch=24, policy_steps=600, policy_batch=16, policy_image_size=64,
-                      proprio_dropout=0.5, rollout_task="move", rollout_episodes=50),
+                      proprio_dropout=0.5, rollout_task="move", rollout_episodes=50,
+                      policy_overrides=("--trainer.zero.stage=1",)),
+    # One GPU: a bigger world, every task family in the data, 5-10x the steps; still judged on move.
+    "gpu": CheckBudget("gpu", tasks=("move", "pick", "push", "place", "rotate"), train_episodes=1000,
+                       val_episodes=100, episode_length=40, lam_steps=5000, lam_batch=64, policy_steps=4000,
+                       policy_batch=64, policy_image_size=64, proprio_dropout=0.5, rollout_task="move",
+                       rollout_episodes=100),
 }
 
 

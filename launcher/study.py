@@ -26,7 +26,8 @@ std over seeds) is written to ``--out/results.md`` and ``--out/results.json`` wi
 seeds, date and wall time.
 
 Budgets (:data:`BUDGETS`): ``tiny`` is a smoke test of a few minutes; ``small`` is sized to stay
-under an hour on 2 CPU cores (3 seeds). Exit codes: 0 done, 1 a run failed (the study stops; rerun
+under an hour on 2 CPU cores (3 seeds), with 50 closed-loop episodes per run at 2x the episode length;
+``gpu`` is sized for one H100/H200 hour. Exit codes: 0 done, 1 a run failed (the study stops; rerun
 to continue), 2 bad arguments.
 """
 
@@ -86,7 +87,11 @@ BUDGETS: dict[str, Budget] = {
                    rollout_episodes=1, rollout_max_steps=8),
     "small": Budget("small", steps=150, pre_steps=200, train_episodes=60, val_episodes=16, episode_length=24,
                     global_batch_size=8, micro_batch_size=8, seeds=(0, 1, 2), eval_batches=0, eval_batch_size=16,
-                    rollout_episodes=4, rollout_max_steps=24),
+                    rollout_episodes=50, rollout_max_steps=48),
+    # One H100/H200 hour: a bigger world and ~20x the steps (run by bench/gpu_suite.sh's ``study`` step).
+    "gpu": Budget("gpu", steps=3000, pre_steps=3000, train_episodes=1000, val_episodes=50, episode_length=40,
+                  global_batch_size=64, micro_batch_size=64, seeds=(0, 1, 2), eval_batches=0, eval_batch_size=64,
+                  rollout_episodes=100, rollout_max_steps=80, lr=5e-4),
 }
 
 
