@@ -52,7 +52,6 @@ COLORS: dict[str, tuple[float, float, float]] = {
 }
 TABLE = np.array([0.78, 0.70, 0.57], np.float32)
 JAW = np.array([0.20, 0.20, 0.24], np.float32)
-JAW_MARK = np.array([0.10, 0.72, 0.78], np.float32)  # cyan: no block has it
 PALM = np.array([0.55, 0.55, 0.60], np.float32)
 SKIN = np.array([0.88, 0.67, 0.53], np.float32)
 SLEEVE = np.array([0.25, 0.35, 0.55], np.float32)
@@ -241,10 +240,8 @@ def _draw_gripper(cv: Canvas, world: World) -> None:
     tip = wrist + 0.25 * np.array([np.sin(pitch), -np.sin(roll)])  # tilting moves the fingers off the wrist
     across = np.array([np.cos(yaw), np.sin(yaw)])  # the jaws open along this axis
     spread = (0.045 + 0.10 * world.grip) * s
-    # The +across jaw is painted a marker colour: two identical jaws make a pattern that repeats
-    # along the jaw axis, and a shift by about their spacing looked like no motion at all.
-    for side, color in ((-1.0, JAW), (1.0, JAW_MARK)):
-        cv.box(tip + side * spread * across, (0.03 * s, 0.09 * s), yaw, color)
+    for side in (-1.0, 1.0):
+        cv.box(tip + side * spread * across, (0.03 * s, 0.09 * s), yaw, JAW)
     cv.box((wrist + tip) / 2, (spread + 0.035 * s, 0.03 * s), yaw, PALM)
     cv.disk(wrist, 0.05 * s, PALM * 0.8)
 

@@ -2,7 +2,7 @@
 
     python -m lavla.launcher.learning_check [--out DIR] [--budget ci] [--seed 0] [--keep]
 
-On a simple subset of the synthetic world (``CheckBudget.tasks``) it trains, through the real
+On simple subsets of the synthetic world (``CheckBudget.lam_tasks``/``policy_tasks``) it trains, through the real
 launcher (``deepspeed --num_gpus 1 launcher/pretrain.py``), a LAM (``configs/lam_pretrain.yaml``)
 and a baseline policy (``configs/baseline.yaml``), then measures what each can do:
 
@@ -49,15 +49,18 @@ class CheckBudget:
 
     name: str
     """Budget name."""
-    tasks: tuple[str, ...]
-    """Task families of the generated world (the LAM sees all of them; the policy's success is
-    judged on ``rollout_task``)."""
+    lam_tasks: tuple[str, ...]
+    """Task families of the LAM's world (it needs motion along every probed axis: pick lifts)."""
+    policy_tasks: tuple[str, ...]
+    """Task families of the policy's world (its closed-loop success is judged on ``rollout_task``)."""
     train_episodes: int
     """Episodes in the generated train split."""
     val_episodes: int
     """Held-out episodes (probe test set, offline evaluation)."""
     episode_length: int
     """The generator's episode length (episodes end when the task is done)."""
+    lam_image_size: int
+    """Side the LAM's world is rendered at (and the LAM sees, no resize: thin parts stay crisp)."""
     lam_steps: int
     """LAM training steps."""
     lam_batch: int
@@ -92,32 +95,40 @@ class Thresholds:
     """Minimum closed-loop success on ``rollout_task``."""
 
 
+LAM_OVERRIDES = ("--model.lam.motion_weight=20", "--model.lam.latent_dim=16", "--model.lam.quantizer.num_codes=64",
+                 "--model.lam.decoder_dim=32", "--trainer.zero.stage=1")
+"""configs/lam_pretrain.yaml's tiny LAM with a motion-weighted loss and a wider code: at 16 codes of
+8 dims and a 16-channel decoder it encodes the height change and little else."""
+
 BUDGETS: dict[str, CheckBudget] = {
-    "ci": CheckBudget("ci", tasks=("move", "pick"), train_episodes=300, val_episodes=40, episode_length=24,
-                      lam_steps=600, lam_batch=24, policy_steps=600, policy_batch=16, policy_image_size=64,
+    "ci": CheckBudget("ci", lam_tasks=("move", "pick"), policy_tasks=("move",), train_episodes=300,
+                      val_episodes=40, episode_length=24, lam_image_size=32, lam_steps=2000, lam_batch=24, policy_steps=800, policy_batch=16, policy_image_size=64,
                       proprio_dropout=0.5, rollout_task="move", rollout_episodes=50,
-                      policy_overrides=("--trainer.zero.stage=1",)),
+                      lam_overrides=LAM_OVERRIDES, policy_overrides=("--trainer.zero.stage=1",)),
     # One GPU: a bigger world, every task family in the data, 5-10x the steps; still judged on move.
-    "gpu": CheckBudget("gpu", tasks=("move", "pick", "push", "place", "rotate"), train_episodes=1000,
-                       val_episodes=100, episode_length=40, lam_steps=5000, lam_batch=64, policy_steps=4000,
+    "gpu": CheckBudget("gpu", lam_tasks=("move", "pick", "push", "place", "rotate"),
+                       policy_tasks=("move", "pick", "push", "place", "rotate"), train_episodes=1000,
+                       val_episodes=100, episode_length=40, lam_image_size=64, lam_steps=5000, lam_batch=64, policy_steps=4000,
                        policy_batch=64, policy_image_size=64, proprio_dropout=0.5, rollout_task="move",
-                       rollout_episodes=100),
+                       rollout_episodes=100, lam_overrides=LAM_OVERRIDES),
 }
 
 
-def world_args(b: CheckBudget, root: Path, seed: int) -> list[str]:
-    tasks = "[" + ",".join(b.tasks) + "]"
+def world_args(b: CheckBudget, root: Path, seed: int, tasks: tuple[str, ...], image_size: int) -> list[str]:
     return [f"--data.synthetic.root={root}", f"--data.synthetic.train_episodes={b.train_episodes}",
             f"--data.synthetic.val_episodes={b.val_episodes}", f"--data.synthetic.episode_length={b.episode_length}",
-            "--data.synthetic.image_size=64", f"--data.synthetic.seed={seed}", f"--data.synthetic.tasks={tasks}",
+            f"--data.synthetic.image_size={image_size}", f"--data.synthetic.seed={seed}",
+            "--data.synthetic.tasks=[" + ",".join(tasks) + "]",
             f"--data.datasets=[{{name: synthetic_world, path: {root}/synthetic_world/1.0.0, split: train, weight: 1.0}}]",
             f"--data.seed={seed}", f"--run.seed={seed}", "--trainer.log_every=20", "--checkpoint.every_steps=0",
             "--checkpoint.save_final=true", "--eval.every_steps=0"]
 
 
 def lam_args(b: CheckBudget, out: Path, root: Path, seed: int) -> list[str]:
+    s = b.lam_image_size
     return ["--config", str(REPO / "configs" / "lam_pretrain.yaml"), f"--run.dir={out / 'lam'}",
-            *world_args(b, root, seed), f"--trainer.max_steps={b.lam_steps}",
+            *world_args(b, root, seed, b.lam_tasks, s), f"--data.image_size={s}", f"--model.lam.image_size={s}",
+            f"--trainer.max_steps={b.lam_steps}",
             f"--trainer.global_batch_size={b.lam_batch}", f"--trainer.micro_batch_size={b.lam_batch}",
             *b.lam_overrides]
 
@@ -125,7 +136,7 @@ def lam_args(b: CheckBudget, out: Path, root: Path, seed: int) -> list[str]:
 def policy_args(b: CheckBudget, out: Path, root: Path, seed: int) -> list[str]:
     s = b.policy_image_size
     return ["--config", str(REPO / "configs" / "baseline.yaml"), f"--run.dir={out / 'baseline'}",
-            *world_args(b, root, seed), f"--trainer.max_steps={b.policy_steps}",
+            *world_args(b, root, seed, b.policy_tasks, 64), f"--trainer.max_steps={b.policy_steps}",
             f"--trainer.global_batch_size={b.policy_batch}", f"--trainer.micro_batch_size={b.policy_batch}",
             f"--data.image_size={s}", f"--model.backbone.image_size={s}",
             f"--model.proprio_dropout={b.proprio_dropout}", *b.policy_overrides]
@@ -207,8 +218,7 @@ def run_check(budget: CheckBudget, out: Path, seed: int = 0, thresholds: Thresho
               runner: SubprocessRunner | None = None, log: Any = print) -> tuple[Verdict, dict[str, Any]]:
     runner = runner or SubprocessRunner()
     out.mkdir(parents=True, exist_ok=True)
-    root = (out / "data").absolute()
-    data_dir = root / "synthetic_world" / "1.0.0"
+    lam_root, policy_root = (out / "data_lam").absolute(), (out / "data_policy").absolute()
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -220,9 +230,9 @@ def run_check(budget: CheckBudget, out: Path, seed: int = 0, thresholds: Thresho
         log(f"[learning check] {name}: {timings[name]:.0f} s")
         return res
 
-    step("train LAM", lambda: runner.train(lam_args(budget, out.absolute(), root, seed), out / "lam.log"))
-    probe = step("probe LAM", lambda: probe_lam(out / "lam", data_dir))
-    step("train baseline policy", lambda: runner.train(policy_args(budget, out.absolute(), root, seed),
+    step("train LAM", lambda: runner.train(lam_args(budget, out.absolute(), lam_root, seed), out / "lam.log"))
+    probe = step("probe LAM", lambda: probe_lam(out / "lam", lam_root / "synthetic_world" / "1.0.0"))
+    step("train baseline policy", lambda: runner.train(policy_args(budget, out.absolute(), policy_root, seed),
                                                         out / "baseline.log"))
     step("export policy", lambda: runner.export(out / "baseline", out / "baseline_export"))
     evaluation = step("evaluate offline", lambda: runner.evaluate(

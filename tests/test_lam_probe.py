@@ -81,8 +81,8 @@ def test_tiny_lam_tokens_predict_the_action_direction(tmp_path, monkeypatch):
     tok, cont = report.tokens, report.continuous
     print(f"\n[lam probe] {STEPS} steps in {t_train:.0f}s; direction (6 classes) from tokens {tok.accuracy:.3f}, "
           f"from the continuous latent {cont.accuracy:.3f}, chance {tok.chance:.3f} (uniform {tok.uniform_chance:.3f}); "
-          f"n fit/test {tok.num_train}/{tok.num_test}; R2 x,y,z tokens {[round(r, 2) for r in report.r2_tokens.r2[:3]]} "
-          f"continuous {[round(r, 2) for r in report.r2_continuous.r2[:3]]}; codes used {int(test.ids.unique().numel())}"
+          f"n fit/test {tok.num_train}/{tok.num_test}; R2 x,y,z tokens {report.r2_tokens.r2[:3]} "
+          f"continuous {report.r2_continuous.r2[:3]}; codes used {int(test.ids.unique().numel())}"
           f"/{policy.quantizer().num_codes}; total {time.perf_counter() - t0:.0f}s")
 
     assert sum(recon[-50:]) / 50 < sum(recon[:50]) / 50
@@ -90,4 +90,4 @@ def test_tiny_lam_tokens_predict_the_action_direction(tmp_path, monkeypatch):
     # +0.08 is > 3 standard errors of a chance-level score on ~320 test samples.
     assert tok.accuracy >= tok.chance + 0.08, report
     assert cont.accuracy >= cont.chance + 0.15, report
-    assert max(report.r2_continuous.r2[:3]) > 0.1, report  # the latent explains part of the translation
+    assert max(r for r in report.r2_continuous.r2[:3] if r is not None) > 0.1, report  # part of the translation

@@ -73,3 +73,16 @@ def test_motion_weighted_reconstruction_counts_the_pixels_that_change() -> None:
     assert weighted == pytest.approx(21 * 4 / (256 + 20 * 4))
     assert weighted > 4 * plain
     assert reconstruction_loss(target, target, cond, motion_weight=20.0) == 0.0
+
+
+def test_a_constant_target_has_no_r2() -> None:
+    """A dimension that never moves (roll/pitch in the level-wrist world) has no R^2: it used to read
+    as a perfect 1.0 and lift the mean."""
+    from lavla.model.probe import fit_ridge_probe
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 4, generator=g)
+    y = torch.stack([x[:, 0] * 2.0, torch.zeros(200), torch.randn(200, generator=g)], dim=1)
+    res = fit_ridge_probe(x[:100], y[:100], x[100:], y[100:])
+    assert res.r2[0] > 0.99 and res.r2[1] is None and res.r2[2] < 0.1
+    assert res.mean_r2 == pytest.approx((res.r2[0] + res.r2[2]) / 2)
