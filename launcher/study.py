@@ -85,7 +85,7 @@ BUDGETS: dict[str, Budget] = {
     "tiny": Budget("tiny", steps=6, pre_steps=6, train_episodes=20, val_episodes=4, episode_length=16,
                    global_batch_size=8, micro_batch_size=8, seeds=(0,), eval_batches=2, eval_batch_size=16,
                    rollout_episodes=1, rollout_max_steps=8),
-    "small": Budget("small", steps=150, pre_steps=200, train_episodes=60, val_episodes=16, episode_length=24,
+    "small": Budget("small", steps=150, pre_steps=200, train_episodes=300, val_episodes=40, episode_length=24,
                     global_batch_size=8, micro_batch_size=8, seeds=(0, 1, 2), eval_batches=0, eval_batch_size=16,
                     rollout_episodes=50, rollout_max_steps=48),
     # One H100/H200 hour: a bigger world and ~20x the steps (run by bench/gpu_suite.sh's ``study`` step).
