@@ -177,7 +177,9 @@ def test_robot_and_human_video_sources_mix_in_one_plan(data_cfg: DataConfig) -> 
     assert set(ds.tolist()) == {0, 1}
     assert np.array_equal(batch["has_action"].numpy(), ds == 0)
     assert np.array_equal(batch["embodiment_id"].numpy()[ds == 1], np.full((ds == 1).sum(), 5))
-    assert np.array_equal(np.bincount(ds, minlength=2), np.round(32 * plan.probabilities))
+    # The block's exact quota: C_i = floor(32 * P_{i+1}) - floor(32 * P_i) over the cumulative mixture P.
+    quota = np.diff(np.floor(32 * np.concatenate([[0.0], np.cumsum(plan.probabilities)]) + 1e-9))
+    assert np.array_equal(np.bincount(ds, minlength=2), quota)
 
 
 def test_missing_dataset_is_named_before_any_worker_starts(tmp_path: Path, data_cfg: DataConfig) -> None:

@@ -52,7 +52,8 @@ def test_reads_synthetic_fixture(synthetic_dir: Path) -> None:
     assert ds.splits == ["train", "val"]
     assert ds.num_episodes("train") == 6 and ds.num_episodes("val") == 2
     lengths = ds.episode_lengths("train")
-    assert lengths.dtype == np.int64 and len(lengths) == 6 and lengths.min() >= 9
+    # episode_length 12 +-25%, or shorter when the expert finishes early (2 still steps after it)
+    assert lengths.dtype == np.int64 and len(lengths) == 6 and lengths.min() >= 3 and lengths.max() <= 15
     ep = ds.read_episode("train", 3)
     T = int(lengths[3])
     assert ep.length == T
