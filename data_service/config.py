@@ -49,7 +49,7 @@ class SyntheticDataConfig:
     noise, the world's old behaviour); off, the wrist stays level and roll/pitch actions are 0."""
     idle_steps: int = 2
     """Steps recorded after the expert finishes (holding still) before the episode ends; -1 keeps
-    every episode at its drawn length (``episode_length`` +-25%) with a still tail."""
+    every episode at its drawn length (``episode_length``, give or take a quarter) with a still tail."""
 
 
 @dataclass
