@@ -96,11 +96,23 @@ def probe_latents(fit: EpisodeLatents, test: EpisodeLatents, num_codes: int, *, 
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def probe_checkpoint(checkpoint: str, data: str, dataset_name: str | None = None, fit_split: str = "train",
+                     test_split: str = "val") -> tuple[ProbeReport, EpisodeLatents, int]:
+    """Load a LAM run / checkpoint and probe it on ``data`` (fit on ``fit_split``, scored on
+    ``test_split``); returns the report, the test latents and the codebook size."""
     from lavla.data_service.config import DatasetEntry
     from lavla.data_service.sources import open_source
     from lavla.trainer.export import load_checkpoint_model
 
+    policy, cfg, _ = load_checkpoint_model(checkpoint)
+    name = dataset_name or Path(data).parent.name
+    sources = [open_source(DatasetEntry(name=name, path=data, split=s), cfg.data) for s in (fit_split, test_split)]
+    fit, test = (collect_latents(policy, s, cfg.data) for s in sources)
+    num_codes = policy.quantizer().num_codes
+    return probe_latents(fit, test, num_codes), test, num_codes
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lavla.launcher.lam_probe", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="run dir or checkpoint dir of a LAM recipe")
     p.add_argument("--data", required=True, help="dataset directory (.../<name>/<version>)")
@@ -108,11 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fit-split", default="train")
     p.add_argument("--test-split", default="val")
     a = p.parse_args(argv)
-    policy, cfg, _ = load_checkpoint_model(a.checkpoint)
-    name = a.dataset_name or Path(a.data).parent.name
-    sources = [open_source(DatasetEntry(name=name, path=a.data, split=s), cfg.data) for s in (a.fit_split, a.test_split)]
-    fit, test = (collect_latents(policy, s, cfg.data) for s in sources)
-    report = probe_latents(fit, test, policy.quantizer().num_codes)
+    report, _, _ = probe_checkpoint(a.checkpoint, a.data, a.dataset_name, a.fit_split, a.test_split)
     print(json.dumps(report.to_dict(), indent=2))
     return 0
 

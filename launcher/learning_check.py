@@ -106,15 +106,16 @@ LAM_OVERRIDES = ("--model.lam.motion_weight=20", "--model.lam.latent_dim=16", "-
 
 BUDGETS: dict[str, CheckBudget] = {
     "ci": CheckBudget("ci", lam_tasks=("move", "pick"), policy_tasks=("move",), train_episodes=300,
-                      val_episodes=40, episode_length=24, lam_image_size=32, lam_steps=2000, lam_batch=24, policy_steps=800, policy_batch=16, policy_image_size=64,
-                      proprio_dropout=0.5, rollout_task="move", rollout_episodes=50,
-                      lam_overrides=LAM_OVERRIDES, policy_overrides=("--trainer.zero.stage=1",)),
+                      val_episodes=40, episode_length=24, lam_image_size=32, lam_steps=2000, lam_batch=24,
+                      policy_steps=800, policy_batch=16, policy_image_size=64, proprio_dropout=0.5,
+                      rollout_task="move", rollout_episodes=50, lam_overrides=LAM_OVERRIDES,
+                      policy_overrides=("--trainer.zero.stage=1",)),
     # One GPU: a bigger world, every task family in the data, 5-10x the steps; still judged on move.
     "gpu": CheckBudget("gpu", lam_tasks=("move", "pick", "push", "place", "rotate"),
                        policy_tasks=("move", "pick", "push", "place", "rotate"), train_episodes=1000,
-                       val_episodes=100, episode_length=40, lam_image_size=64, lam_steps=5000, lam_batch=64, policy_steps=4000,
-                       policy_batch=64, policy_image_size=64, proprio_dropout=0.5, rollout_task="move",
-                       rollout_episodes=100, lam_overrides=LAM_OVERRIDES),
+                       val_episodes=100, episode_length=40, lam_image_size=64, lam_steps=5000, lam_batch=64,
+                       policy_steps=4000, policy_batch=64, policy_image_size=64, proprio_dropout=0.5,
+                       rollout_task="move", rollout_episodes=100, lam_overrides=LAM_OVERRIDES),
 }
 
 
@@ -148,18 +149,10 @@ def policy_args(b: CheckBudget, out: Path, root: Path, seed: int) -> list[str]:
 
 def probe_lam(run_dir: Path, data_dir: Path) -> dict[str, Any]:
     """The LAM probe of ``launcher.lam_probe`` (fit on train, scored on val)."""
-    from lavla.data_service.config import DatasetEntry
-    from lavla.data_service.sources import open_source
-    from lavla.launcher.lam_probe import collect_latents, probe_latents
-    from lavla.trainer.export import load_checkpoint_model
+    from lavla.launcher.lam_probe import probe_checkpoint
 
-    policy, cfg, _ = load_checkpoint_model(str(run_dir))
-    fit, test = (collect_latents(policy, open_source(DatasetEntry(name="synthetic_world", path=str(data_dir), split=s),
-                                                     cfg.data), cfg.data) for s in ("train", "val"))
-    report = probe_latents(fit, test, policy.quantizer().num_codes).to_dict()
-    report["codes_used_val"] = int(test.ids.unique().numel())
-    report["num_codes"] = int(policy.quantizer().num_codes)
-    return report
+    report, test, num_codes = probe_checkpoint(str(run_dir), str(data_dir), "synthetic_world")
+    return {**report.to_dict(), "codes_used_val": int(test.ids.unique().numel()), "num_codes": int(num_codes)}
 
 
 @dataclass
