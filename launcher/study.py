@@ -9,9 +9,9 @@ then exported with ``trainer.export.export_policy``, scored offline on the held-
 * ``pre``  shared pretraining: a Moto-style LAM (``configs/lam_pretrain.yaml`` at LARA's LAM config, so
   its export also initialises the online LAM of ``lapa_latent`` and the Pixels-to-Tokens strategies)
   and the LA-Tok action tokenizer (``configs/action_tokenizer.yaml``). Pulled in as dependencies.
-* ``a``    LAPA: ``lapa_latent`` on all training episodes with their actions ignored (the synthetic
-  world's human-video clips would need a frame cache; the robot frames carry the same motion), then
-  ``lapa_action`` from that export (``model.init_from``) on the first 10% of the labelled episodes
+* ``a``    LAPA: ``lapa_latent`` on the synthetic world's human-video clips (the same episodes seen with
+  a hand instead of the gripper, no action labels: LAPA pretrains on video), then ``lapa_action``
+  from that export (``model.init_from``) on the first 10% of the labelled robot episodes
   (``train[:10%]``) vs ``lapa_action`` from scratch on the same 10%.
 * ``b``    LARA vs its DiT-only ablation (``align_weight=0, lam_weight=0``); the LAM probe R^2 of the
   LAM trained alone (same LAM config, same steps as the ``pre`` LAM) against LARA's jointly trained LAM.
@@ -22,11 +22,14 @@ the runs whose export it reads); :class:`Study` executes it in order and is resu
 ``runs/<name>/export/export.json`` and ``runs/<name>/metrics.json`` exist in ``--out`` is skipped,
 anything half-done is redone from scratch. Each run keeps ``train.log``, ``eval.log``,
 ``rollout.json`` and ``metrics.json`` under ``--out/runs/<name>/``. The final table (mean ± sample
-std over seeds) is written to ``--out/results.md`` and ``--out/results.json`` with the command,
-seeds, date and wall time.
+std over seeds; closed-loop success pooled over seeds with its Wilson 95% interval, per task family
+and against the random-action floor) is written to ``--out/results.md`` and ``--out/results.json``
+with the command, seeds, date and wall time. The world (robot episodes and human-video clips) is
+generated once, before the first run.
 
-Budgets (:data:`BUDGETS`): ``tiny`` is a smoke test of a few minutes; ``small`` is sized to stay
-under an hour on 2 CPU cores (3 seeds), with 50 closed-loop episodes per run at 2x the episode length;
+Budgets (:data:`BUDGETS`): ``tiny`` is a smoke test of a few minutes; ``small`` is sized for about an
+hour on 2 CPU cores (3 seeds) on a move/rotate/pick world, with 50 closed-loop episodes per run at
+2x the episode length;
 ``gpu`` is sized for one H100/H200 hour. Exit codes: 0 done, 1 a run failed (the study stops; rerun
 to continue), 2 bad arguments.
 """
@@ -59,6 +62,7 @@ TABLE_METRICS = {
     "action/l1": "held-out action L1 (normalized)",
     "success_rate": "closed-loop success",
     "probe/r2": "LAM probe R²",
+    "latent/token_acc": "latent-token accuracy",
 }
 
 
@@ -79,15 +83,19 @@ class Budget:
     rollout_max_steps: int
     labelled_split: str = "train[:10%]"
     lr: float = 0.001
+    tasks: tuple[str, ...] = ("pick", "push", "move", "place", "rotate")  # the world's task families
+    lam_steps: int = 0         # steps of the shared LAM (0 = pre_steps)
 
 
 BUDGETS: dict[str, Budget] = {
     "tiny": Budget("tiny", steps=6, pre_steps=6, train_episodes=20, val_episodes=4, episode_length=16,
                    global_batch_size=8, micro_batch_size=8, seeds=(0,), eval_batches=2, eval_batch_size=16,
                    rollout_episodes=1, rollout_max_steps=8),
-    "small": Budget("small", steps=150, pre_steps=200, train_episodes=300, val_episodes=40, episode_length=24,
-                    global_batch_size=8, micro_batch_size=8, seeds=(0, 1, 2), eval_batches=0, eval_batch_size=16,
-                    rollout_episodes=50, rollout_max_steps=48),
+    # About an hour on 2 CPU cores: the families the targets name (move, rotate, pick), policies past
+    # the ~300 steps a tiny one needs to leave the median predictor (launcher/learning_check.py).
+    "small": Budget("small", steps=400, pre_steps=400, train_episodes=300, val_episodes=40, episode_length=24,
+                    global_batch_size=16, micro_batch_size=16, seeds=(0, 1, 2), eval_batches=0, eval_batch_size=32,
+                    rollout_episodes=50, rollout_max_steps=48, tasks=("move", "rotate", "pick"), lam_steps=1000),
     # One H100/H200 hour: a bigger world and ~20x the steps (run by bench/gpu_suite.sh's ``study`` step).
     "gpu": Budget("gpu", steps=3000, pre_steps=3000, train_episodes=1000, val_episodes=50, episode_length=40,
                   global_batch_size=64, micro_batch_size=64, seeds=(0, 1, 2), eval_batches=0, eval_batch_size=64,
@@ -112,6 +120,7 @@ class Run:
     evaluate: bool = True
     rollout: bool = False
     also_for: tuple[str, ...] = ()  # parts whose comparison reads this run's metrics (selected with them)
+    videos: bool = False       # train on the world's human-video clips instead of the robot episodes
 
 
 def export_ref(name: str) -> str:
@@ -130,15 +139,16 @@ def study_runs(budget: Budget, seeds: Iterable[int] | None = None) -> list[Run]:
         lara_lam = ("--model.lam.image_size=64", "--data.image_size=64", "--data.synthetic.image_size=64",
                     "--model.lam.encoder.dim=64", "--model.lam.encoder.heads=4", "--model.lam.dim=64",
                     "--model.lam.depth=2", "--model.lam.heads=4", "--model.lam.num_queries=8",
-                    "--model.lam.latent_dim=32", "--model.lam.decoder_dim=32", "--model.lam.decoder_depth=2")
+                    "--model.lam.latent_dim=32", "--model.lam.decoder_dim=32", "--model.lam.decoder_depth=2",
+                    "--model.lam.motion_weight=20")
         runs += [
             # the LAM trained alone (= LARA's LAM config; also the "before" row of part b)
-            Run(lam, "pre", "LAM alone (lam_pretrain @ LARA's LAM config)", "lam_pretrain", s, budget.pre_steps,
-                lara_lam, also_for=("b",)),
+            Run(lam, "pre", "LAM alone (lam_pretrain @ LARA's LAM config)", "lam_pretrain", s,
+                budget.lam_steps or budget.pre_steps, lara_lam, also_for=("b",)),
             Run(tok, "pre", "action tokenizer", "action_tokenizer", s, budget.pre_steps, evaluate=False),
             # (a) LAPA
-            Run(f"a/lapa_latent/s{s}", "a", "lapa_latent (stage 2, actions ignored)", "lapa_latent", s,
-                budget.pre_steps, (lam_init,), deps=(lam,)),
+            Run(f"a/lapa_latent/s{s}", "a", "lapa_latent (stage 2, on human-video clips)", "lapa_latent", s,
+                budget.pre_steps, (lam_init,), deps=(lam,), videos=True),
             Run(f"a/lapa_action_init/s{s}", "a", "lapa_action from lapa_latent (10% labelled)", "lapa_action", s,
                 budget.steps, (f"--model.init_from={export_ref(f'a/lapa_latent/s{s}')}", *bins),
                 deps=(f"a/lapa_latent/s{s}",), labelled_only=True, rollout=roll),
@@ -259,6 +269,19 @@ class SubprocessRunner:
         return json.loads(out.read_text())
 
 
+def rollout_metrics(ro: dict[str, Any]) -> dict[str, Any]:
+    """What the table keeps of a ``launcher.rollout`` result: the overall and per-family success with
+    their counts (so seeds pool into one interval), and the random-action floor the same way."""
+    out: dict[str, Any] = {k: ro[k] for k in ("success_rate", "mean_steps") if k in ro}
+    sources = [("", ro)] + ([("random_floor/", ro["random_floor"])] if ro.get("random_floor") else [])
+    for prefix, res in sources:
+        if "successes" in res and "episodes" in res:
+            out[f"{prefix}count/all"] = [int(res["successes"]), int(res["episodes"])]
+        for task, t in (res.get("per_task") or {}).items():
+            out[f"{prefix}count/{task}"] = [int(t["successes"]), int(t["episodes"])]
+    return out
+
+
 @dataclass
 class Study:
     budget: Budget
@@ -266,6 +289,7 @@ class Study:
     out: Path
     runner: Runner = field(default_factory=SubprocessRunner)
     log: Callable[[str], None] = print
+    prepare: bool = True       # generate the world before the first run (tests with a fake runner skip it)
 
     def run_dir(self, r: Run) -> Path:
         return self.out / "runs" / r.name
@@ -296,13 +320,34 @@ class Study:
                 f"--data.synthetic.root={root}", f"--data.synthetic.train_episodes={b.train_episodes}",
                 f"--data.synthetic.val_episodes={b.val_episodes}",
                 f"--data.synthetic.episode_length={b.episode_length}", "--data.synthetic.image_size=64",
-                "--data.synthetic.seed=0",
-                (f"--data.datasets=[{{name: synthetic_world, path: {root}/synthetic_world/1.0.0, "
+                "--data.synthetic.seed=0", "--data.synthetic.tasks=[" + ",".join(b.tasks) + "]",
+                (f"--data.datasets=[{{name: synthetic_human_video, path: {root}/synthetic_human_video, "
+                 f"split: '{split}', weight: 1.0}}]" if r.videos else
+                 f"--data.datasets=[{{name: synthetic_world, path: {root}/synthetic_world/1.0.0, "
                  f"split: '{split}', weight: 1.0}}]"),
                 f"--trainer.max_steps={r.steps}", f"--trainer.global_batch_size={b.global_batch_size}",
                 f"--trainer.micro_batch_size={b.micro_batch_size}", "--trainer.log_every=1",
                 f"--optim.lr={b.lr}", f"--optim.warmup_steps={max(0, r.steps // 10)}",
                 "--checkpoint.every_steps=0", "--checkpoint.save_final=true", *overrides]
+
+    def world_config(self) -> Any:
+        """The synthetic world every run trains on (``train_args`` passes the same fields)."""
+        from lavla.data_service.config import SyntheticDataConfig
+
+        b = self.budget
+        return SyntheticDataConfig(enabled=True, root=str(self.data_root), train_episodes=b.train_episodes,
+                                   val_episodes=b.val_episodes, episode_length=b.episode_length, image_size=64,
+                                   seed=0, tasks=list(b.tasks))
+
+    def prepare_data(self) -> None:
+        """Generates the world (and its human-video clips when a run reads them) once, up front."""
+        from lavla.data_service.synthetic import generate_synthetic_human_video, generate_synthetic_world
+
+        cfg = self.world_config()
+        self.log(f"world: {self.data_root} ({', '.join(self.budget.tasks)}; {cfg.train_episodes} train episodes)")
+        generate_synthetic_world(cfg)
+        if any(r.videos for r in self.runs):
+            generate_synthetic_human_video(cfg)
 
     def eval_args(self, r: Run) -> list[str]:
         return ["--split", "val", "--max-batches", str(self.budget.eval_batches), "--batch-size",
@@ -326,7 +371,7 @@ class Study:
             metrics.update(self.runner.evaluate(d / "export", self.eval_args(r), d / "eval.log"))
         if r.rollout:
             ro = self.runner.rollout(d / "export", self.rollout_args(r), d / "rollout.json")
-            metrics.update({k: ro[k] for k in ("success_rate", "mean_steps") if k in ro})
+            metrics.update(rollout_metrics(ro))
         record = {"name": r.name, "part": r.part, "group": r.group, "config": r.config, "seed": r.seed,
                   "steps": r.steps, "train_seconds": t_train, "seconds": time.perf_counter() - t0,
                   "metrics": metrics}
@@ -339,6 +384,8 @@ class Study:
 
     def run(self) -> list[dict[str, Any]]:
         validate(self.runs)
+        if self.prepare:
+            self.prepare_data()
         records = []
         for i, r in enumerate(self.runs, 1):
             if self.is_done(r):
@@ -375,6 +422,16 @@ def aggregate(records: list[dict[str, Any]], metrics: Iterable[str] = tuple(TABL
                                                              "config": rec["config"], "seeds": [], "metrics": {}})
         row["seeds"].append(rec["seed"])
     for (part, group), row in rows.items():
+        pooled: dict[str, list[int]] = {}
+        for r in records:
+            if (r["part"], r["group"]) != (part, group):
+                continue
+            for k, v in r["metrics"].items():
+                if "count/" in k and isinstance(v, list) and len(v) == 2:
+                    acc = pooled.setdefault(k, [0, 0])
+                    acc[0], acc[1] = acc[0] + int(v[0]), acc[1] + int(v[1])
+        if pooled:
+            row["pooled"] = pooled
         for m in metrics:
             vals = [float(r["metrics"][m]) for r in records if (r["part"], r["group"]) == (part, group)
                     and isinstance(r["metrics"].get(m), (int, float)) and math.isfinite(r["metrics"][m])]
@@ -398,22 +455,51 @@ def fmt(cell: dict[str, Any] | None) -> str:
     return "–" if cell is None else f"{cell['mean']:.4f} ± {cell['std']:.4f}"
 
 
+def fmt_pooled(counts: list[int] | None) -> str:
+    """``k/n = p% [lo, hi]``: successes pooled over seeds with their Wilson 95% interval."""
+    if not counts or counts[1] <= 0:
+        return "–"
+    from lavla.data_service.sim_env import wilson_interval
+
+    k, n = counts
+    lo, hi = wilson_interval(k, n)
+    return f"{k}/{n} = {100 * k / n:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}]"
+
+
+def pooled_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """Pooled-success columns of ``rows``: all tasks, each family (sorted), then the random floor."""
+    keys = {k for r in rows for k in r.get("pooled", {})}
+    fams = sorted(k for k in keys if k.startswith("count/") and k != "count/all")
+    return [k for k in ["count/all", *fams, "random_floor/count/all"] if k in keys]
+
+
+def pooled_label(key: str) -> str:
+    if key == "count/all":
+        return "success, pooled [95% CI]"
+    if key == "random_floor/count/all":
+        return "random floor"
+    return key.split("/", 1)[1]
+
+
 def render_markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
     lines = ["# Miniature study on the synthetic world", ""]
     lines += [f"- **{k}**: {v}" for k, v in header.items()]
-    lines += ["", "Cells: mean ± sample std over seeds (n = number of seeds reporting). Held-out = the `val` split.",
-              ""]
+    lines += ["", "Cells: mean ± sample std over seeds (n = number of seeds reporting). Held-out = the `val` split. "
+              "Success columns: episodes pooled over seeds, successes/episodes with the Wilson 95% interval, per task "
+              "family, and the random-action floor on the same scenes.", ""]
     for part in PARTS:
         part_rows = [r for r in rows if r["part"] == part]
         if not part_rows:
             continue
         cols = [m for m in TABLE_METRICS if any(m in r["metrics"] for r in part_rows)
                 and (m != "probe/r2" or part in PROBE_PARTS)]
-        lines += [f"## {PART_TITLES[part]}", "", "| run | config | seeds | " + " | ".join(TABLE_METRICS[c] for c in cols)
-                  + " |", "|---|---|---|" + "---|" * len(cols)]
+        pcols = pooled_columns(part_rows)
+        heads = [TABLE_METRICS[c] for c in cols] + [pooled_label(k) for k in pcols]
+        lines += [f"## {PART_TITLES[part]}", "", "| run | config | seeds | " + " | ".join(heads)
+                  + " |", "|---|---|---|" + "---|" * len(heads)]
         for r in part_rows:
-            lines.append(f"| {r['group']} | `{r['config']}` | {len(r['seeds'])} | "
-                         + " | ".join(fmt(r["metrics"].get(c)) for c in cols) + " |")
+            cells = [fmt(r["metrics"].get(c)) for c in cols] + [fmt_pooled(r.get("pooled", {}).get(k)) for k in pcols]
+            lines.append(f"| {r['group']} | `{r['config']}` | {len(r['seeds'])} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 

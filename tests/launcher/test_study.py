@@ -145,3 +145,32 @@ def test_train_args_resolve_exports_and_the_labelled_split(tmp_path: Path) -> No
 
 def test_cli_rejects_bad_parts() -> None:
     assert st.main(["--budget", "tiny", "--parts", "z"]) == 2
+
+
+def test_rollout_metrics_pool_per_family_with_wilson_intervals() -> None:
+    ro = {"success_rate": 0.5, "successes": 2, "episodes": 4, "mean_steps": 9.0,
+          "per_task": {"move": {"successes": 2, "episodes": 3}, "pick": {"successes": 0, "episodes": 1}},
+          "random_floor": {"successes": 1, "episodes": 4, "per_task": {"move": {"successes": 1, "episodes": 3}}}}
+    m = st.rollout_metrics(ro)
+    assert m["count/all"] == [2, 4] and m["count/move"] == [2, 3] and m["count/pick"] == [0, 1]
+    assert m["random_floor/count/all"] == [1, 4] and m["random_floor/count/move"] == [1, 3]
+    recs = [{"part": "c", "group": "baseline", "config": "baseline", "seed": s, "metrics": dict(m)} for s in (0, 1, 2)]
+    row = st.aggregate(recs)[0]
+    assert row["pooled"]["count/all"] == [6, 12] and row["pooled"]["count/pick"] == [0, 3]
+    assert st.pooled_columns([row]) == ["count/all", "count/move", "count/pick", "random_floor/count/all"]
+    md = st.render_markdown([row], {"command": "x"})
+    assert "6/12 = 50% [25, 75]" in md  # Wilson 95% interval of 6/12
+    assert "0/3 = 0% [0, 56]" in md and "| random floor |" in md
+
+
+def test_video_runs_read_the_human_clips_and_the_world_is_generated_once(tmp_path: Path) -> None:
+    b = st.BUDGETS["tiny"]
+    runs = {r.name: r for r in st.study_runs(b, seeds=(0,))}
+    assert runs["a/lapa_latent/s0"].videos and not runs["c/baseline/s0"].videos
+    s = st.Study(b, list(runs.values()), tmp_path, FakeRunner(), log=lambda _: None)
+    video_args = s.train_args(runs["a/lapa_latent/s0"])
+    assert any("name: synthetic_human_video" in a and "synthetic_human_video," in a for a in video_args)
+    assert "--data.synthetic.tasks=[" + ",".join(b.tasks) + "]" in video_args
+    s.prepare_data()
+    assert (tmp_path / "data" / "synthetic_world" / "1.0.0" / "synthetic_config.json").is_file()
+    assert len(list((tmp_path / "data" / "synthetic_human_video" / "videos").glob("train_*.mp4"))) == b.train_episodes
