@@ -72,14 +72,14 @@ def _pick(n: int, m: int, *key: int) -> np.ndarray:
 
 def _robot_sources(data_cfg: DataConfig) -> list[tuple[int, Any]]:
     """(mixture position, opened source) of every dataset with actions."""
-    from lavla.data_service.registry import get_spec
+    from lavla.data_service.inline_spec import spec_for_entry
     from lavla.data_service.sources import open_source
 
     out = []
     for pos, entry in enumerate(data_cfg.datasets):
-        if get_spec(entry.name).is_video:
+        if spec_for_entry(entry, pos).is_video:
             continue
-        source = open_source(entry, data_cfg)
+        source = open_source(entry, data_cfg, pos)
         if int(source.spec.action_dim) == 0:
             continue
         out.append((pos, source))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -21,6 +22,9 @@ class DatasetEntry:
     """Video datasets: annotation file (SSv2 JSON or ``path,instruction`` CSV); empty finds it under ``path``."""
     frame_cache: str = ""
     """Video datasets: zarr frame cache from ``python -m lavla.data_service.prepare``; empty uses ``<path>/frames.zarr`` if present."""
+    spec: dict[str, Any] = field(default_factory=dict)
+    """Inline dataset spec (the fields of ``data_service.dataset_spec.DatasetSpec``, without ``name``) for a
+    dataset the registry does not know; ``lavla-data inspect`` writes it. Empty = the registry's spec of ``name``."""
 
 
 @dataclass

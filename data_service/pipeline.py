@@ -46,7 +46,7 @@ def lam_stride(source: Any, cfg: DataConfig) -> int:
 
 def build_data(cfg: DataConfig, *, rank: int, world_size: int, micro_batch_size: int, grad_accum: int,
                is_local_leader: bool, barrier: Callable[[], None]) -> DataBundle:
-    from lavla.data_service.registry import get_spec
+    from lavla.data_service.inline_spec import spec_for_entry
     from lavla.data_service.sources import open_source
     from lavla.data_service.stats import Normalizer
     from lavla.data_service.windowing import make_sample, valid_timesteps
@@ -58,9 +58,10 @@ def build_data(cfg: DataConfig, *, rank: int, world_size: int, micro_batch_size:
             generate_synthetic_world(cfg.synthetic)
         barrier()
 
-    if any(get_spec(entry.name).is_video for entry in cfg.datasets):
+    specs = [spec_for_entry(entry, i) for i, entry in enumerate(cfg.datasets)]  # bad inline specs fail here
+    if any(spec.is_video for spec in specs):
         import lavla.data_service.video  # noqa: F401  registers the video opener (the [video] extra)
-    sources = [open_source(entry, cfg) for entry in cfg.datasets]
+    sources = [open_source(entry, cfg, i) for i, entry in enumerate(cfg.datasets)]
     # Statistics passes run once per node; the others read the JSON cache afterwards.
     if is_local_leader:
         for s in sources:

@@ -19,7 +19,8 @@ import numpy as np
 from lavla.data_service.cache import stable_hash
 from lavla.data_service.config import DataConfig, DatasetEntry
 from lavla.data_service.errors import DataError
-from lavla.data_service.registry import DatasetSpec, get_spec
+from lavla.data_service.inline_spec import spec_for_entry
+from lavla.data_service.registry import DatasetSpec
 from lavla.data_service.rlds import RLDSDataset
 from lavla.data_service.standardize import StandardEpisode, standardize
 from lavla.data_service.stats import DatasetStatistics, cached_statistics, compute_statistics
@@ -122,9 +123,10 @@ def register_opener(kind: str, opener: Opener) -> None:
     _OPENERS[kind] = opener
 
 
-def open_source(entry: DatasetEntry, data_cfg: DataConfig) -> EpisodeSource:
-    """The source for one mixture entry (registry lookup + on-disk metadata check)."""
-    spec = get_spec(entry.name)
+def open_source(entry: DatasetEntry, data_cfg: DataConfig, index: int | None = None) -> EpisodeSource:
+    """The source for one mixture entry (its inline spec or the registry's + on-disk metadata check);
+    ``index`` (the entry's position in ``data.datasets``) only sharpens error messages."""
+    spec = spec_for_entry(entry, index)
     kind = "video" if spec.is_video else "rlds"
     if kind == "video" and kind not in _OPENERS:
         import lavla.data_service.video  # noqa: F401  (registers the video opener; keeps PyAV off the RLDS path)

@@ -106,7 +106,9 @@ def probe_checkpoint(checkpoint: str, data: str, dataset_name: str | None = None
 
     policy, cfg, _ = load_checkpoint_model(checkpoint)
     name = dataset_name or Path(data).parent.name
-    sources = [open_source(DatasetEntry(name=name, path=data, split=s), cfg.data) for s in (fit_split, test_split)]
+    # the run's own entry of that name keeps its inline spec, if it has one
+    base = next((e for e in cfg.data.datasets if e.name == name), DatasetEntry(name=name))
+    sources = [open_source(dataclasses.replace(base, path=data, split=s), cfg.data) for s in (fit_split, test_split)]
     fit, test = (collect_latents(policy, s, cfg.data) for s in sources)
     num_codes = policy.quantizer().num_codes
     return probe_latents(fit, test, num_codes), test, num_codes

@@ -61,9 +61,9 @@ def dataset_ids(policy: Any, dataset_name: str) -> tuple[int, int]:
     if facts is not None and "embodiment_id" in facts:
         embodiment = int(facts["embodiment_id"])
     else:
-        from lavla.data_service.registry import get_spec
+        from lavla.data_service.inline_spec import spec_for_entry
 
-        embodiment = int(get_spec(dataset_name).embodiment_id)
+        embodiment = int(spec_for_entry(policy.data_cfg.datasets[names.index(dataset_name)]).embodiment_id)
     return names.index(dataset_name), embodiment
 
 

@@ -239,10 +239,16 @@ class LoadedPolicy:
         info = norm_meta.get("datasets", {}).get(dataset_name)
         if info is not None:
             mask = info["action_absolute_mask"]
-        else:  # an export without the facts: ask the registry (needs the dataset registered)
-            from lavla.data_service.registry import get_spec
+        else:  # an export without the facts: the entry's inline spec or the registry's
+            from lavla.data_service.inline_spec import spec_for_entry
 
-            mask = get_spec(dataset_name).action_absolute_mask
+            entry = next((e for e in self.data_cfg.datasets if e.name == dataset_name), None)
+            if entry is None:
+                from lavla.data_service.registry import get_spec
+
+                mask = get_spec(dataset_name).action_absolute_mask
+            else:
+                mask = spec_for_entry(entry).action_absolute_mask
         if len(mask) != stats.action.dim:  # action-less (video) datasets have neither
             mask = [False] * stats.action.dim
         return Normalizer(stats, mode, tuple(bool(m) for m in mask))

@@ -244,15 +244,18 @@ def _export_assets(model: nn.Module, out: Path) -> dict[str, Any]:
     return overrides
 
 
-def _normalization_facts(stats: dict[str, Any], mode: str) -> dict[str, Any]:
+def _normalization_facts(stats: dict[str, Any], mode: str, entries: list[Any] = ()) -> dict[str, Any]:
     """Mode and per-dataset absolute action dims: what inverting the normalization needs
-    besides the statistics (the registry may not know the dataset on the robot side)."""
+    besides the statistics (the registry may not know the dataset on the robot side). A mixture
+    entry's inline spec (``entries``) wins over the registry's."""
+    from lavla.data_service.inline_spec import spec_for_entry
     from lavla.data_service.registry import get_spec
 
+    inline = {e.name: e for e in entries if getattr(e, "spec", None)}
     datasets: dict[str, Any] = {}
     for name in stats:
         try:
-            spec = get_spec(name)
+            spec = spec_for_entry(inline[name]) if name in inline else get_spec(name)
         except KeyError:
             log.warning("dataset %s is not in the registry: its absolute action dims are not recorded", name)
             continue
@@ -361,7 +364,7 @@ def export_policy(source: str | os.PathLike, out: str | os.PathLike, *, tag: str
             "extra_state": sorted(extra),
             "overrides": overrides,
             "asset_paths": asset_paths,
-            "normalization": _normalization_facts(stats, cfg.data.normalization),
+            "normalization": _normalization_facts(stats, cfg.data.normalization, list(cfg.data.datasets)),
             "versions": _versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
