@@ -47,10 +47,19 @@ def _resize(arr: np.ndarray, size: int) -> np.ndarray:
 
 def decode_image(data: bytes, size: int, *, bgr: bool = False, file: str | None = None,
                  episode: int | None = None, field: str | None = None) -> np.ndarray:
-    """PNG/JPEG bytes -> uint8 ``[3, size, size]`` RGB.
+    """PNG/JPEG bytes -> uint8 ``[3, size, size]`` RGB; an already decoded uint8 ``[H, W, 3]``
+    frame (a video source's) is only resized.
 
     ``bgr``: the dataset stored BGR; channels are flipped so every source delivers RGB.
     """
+    if isinstance(data, np.ndarray):
+        if data.dtype != np.uint8 or data.ndim != 3 or data.shape[-1] != 3:
+            raise DataError(f"decoded frame must be uint8 [H, W, 3], got {data.dtype} {list(data.shape)}",
+                            file=file, episode=episode, field=field)
+        arr = _resize(data, size)
+        if bgr:
+            arr = arr[:, :, ::-1]
+        return np.ascontiguousarray(arr.transpose(2, 0, 1))
     try:
         arr = _decode_cv2(data) if cv2 is not None and len(data) else None
         if arr is None:

@@ -2,7 +2,7 @@
 
 :func:`inspect_path` recognizes a TFDS/RLDS build directory (``dataset_info.json`` + ``features.json``),
 a folder of video clips with an annotation file (CSV ``path,instruction`` or SSv2 JSON), or a LeRobot
-root (``meta/info.json``; recognized and described, not read yet). For the first two it infers a
+v2.1/v3.0 root (``meta/info.json``, read by ``data_service.lerobot``). It infers a
 :class:`~lavla.data_service.dataset_spec.DatasetSpec` as a YAML mapping (see
 ``data_service.inline_spec``): cameras (primary vs wrist from their names), state and action keys and
 dims, the language key, the control rate and the LAM stride from it. What the files cannot tell (the
@@ -126,21 +126,8 @@ def _inspect_rlds(path: Path, fps: float | None) -> Inspection:
     texts = [k for k, f in feats.items() if f.kind == "text" or f.dtype == "string"]
     language = _pick(texts, LANGUAGE_WORDS)
 
-    spec: dict[str, Any] = {"image_primary_key": primary, "image_wrist_key": wrist, "action_keys": [action]}
-    if adim == 7:
-        spec["action_layout"] = "eef_pos"
-        spec["action_absolute_mask"] = [False] * 6 + [True]
-    elif adim == 10:
-        spec["action_layout"] = "eef_r6"
-        spec["action_absolute_mask"] = [False] * 9 + [True]
-    else:
-        spec["action_keys"] = [f"{action}[0:7]"]
-        spec["action_layout"] = "eef_pos"
-        spec["action_absolute_mask"] = [False] * 6 + [True]
-        notes.append(f"{action} has {adim} dims; the spec takes dims 0-6 as eef_pos (xyz, rpy deltas, gripper). "
-                     f"Rewrite action_keys (e.g. [\"{action}[0:6]\", \"{action}[{adim - 1}:{adim}]\"]) to match your layout")
-    notes.append("action layout assumed: deltas of position/rotation, last dim the gripper (relative dims normalized, "
-                 "the gripper kept absolute); if your actions are absolute poses, convert them first")
+    spec: dict[str, Any] = {"image_primary_key": primary, "image_wrist_key": wrist}
+    _action_fields(spec, action, adim, notes)
     if state is not None:
         sdim = int(np.prod(feats[state].shape)) if feats[state].shape else 1
         spec["proprio_keys"] = [state]
@@ -183,7 +170,7 @@ def _gripper_evidence(ds: Any, action: str, adim: int) -> dict[str, Any]:
     for i in range(min(SAMPLE_EPISODES, ds.num_episodes(split))):
         raw = ds.read_episode(split, i)
         a = np.asarray(raw.steps[action], np.float64).reshape(raw.length, -1)
-        vals.append(a[:, min(adim, 7) - 1 if adim != 10 else 9])
+        vals.append(a[:, adim - 1])  # the gripper: the last dim (see _action_fields)
     v = np.concatenate(vals) if vals else np.zeros(0)
     if v.size == 0:
         return {"episodes": 0}
@@ -252,20 +239,68 @@ def _inspect_video(path: Path, fps: float | None) -> Inspection:
 # -- LeRobot ----------------------------------------------------------------------------------
 
 
-def _inspect_lerobot(path: Path) -> Inspection:
-    info = json.loads((path / "meta" / "info.json").read_text())
-    version = str(info.get("codebase_version", "?")).lstrip("v")
-    kind = "lerobot_v3.0" if version.startswith("3") else "lerobot_v2.1" if version.startswith("2") else f"lerobot_v{version}"
+def _inspect_lerobot(path: Path, fps: float | None) -> Inspection:
+    from lavla.data_service.lerobot import TASK_KEY, read_lerobot_info
+
+    info = read_lerobot_info(path)
+    version = str(info.get("codebase_version", "?"))
+    kind = f"lerobot_{version}"
     feats = info.get("features", {})
     cams = sorted(k for k, f in feats.items() if f.get("dtype") in ("video", "image"))
     primary, wrist, notes = guess_cameras(cams)
-    summary = {"codebase_version": info.get("codebase_version"), "fps": info.get("fps"),
-               "episodes": info.get("total_episodes"), "frames": info.get("total_frames"), "cameras": cams,
-               "state": feats.get("observation.state", {}).get("shape"), "action": feats.get("action", {}).get("shape"),
-               "guessed_primary": primary, "guessed_wrist": wrist}
-    notes.insert(0, "LeRobot datasets are recognized but not read yet (no LeRobot source in this version): "
-                    "convert to RLDS or wait for the LeRobot reader")
-    return Inspection(kind, path, re.sub(r"\W+", "_", path.name).strip("_").lower(), None, summary, notes)
+    if primary is None:
+        raise DataError("no camera among the LeRobot features (dtype video or image)", file=path / "meta" / "info.json")
+    numeric = {k: f for k, f in feats.items() if str(f.get("dtype", "")).startswith(("float", "int"))
+               and k not in ("timestamp", "frame_index", "episode_index", "index", "task_index")}
+    if "action" not in numeric:
+        raise DataError("no action feature", file=path / "meta" / "info.json", field="action")
+    adim = int(np.prod(numeric["action"].get("shape") or [1]))
+    state = "observation.state" if "observation.state" in numeric else _pick(list(numeric), STATE_WORDS)
+    sdim = int(np.prod(numeric[state].get("shape") or [1])) if state else 0
+    spec: dict[str, Any] = {"image_primary_key": primary, "image_wrist_key": wrist}
+    _action_fields(spec, "action", adim, notes)
+    spec["proprio_keys"] = [state] if state else []
+    spec["proprio_layout"] = ("pos_euler" if sdim == 8 else "joint" if sdim else "none")
+    if state and sdim != 8:
+        notes.append(f"proprio {state} has {sdim} dims (layout {spec['proprio_layout']!r}, informational)")
+    spec["language_key"] = TASK_KEY
+    hz = float(fps or info["fps"])
+    spec["control_hz"] = hz
+    spec["lam_stride"] = lam_stride_for(hz)
+    names = numeric["action"].get("names")
+    notes.append(f"action names {names}: the last dim is taken as the gripper" if names else
+                 "action dims have no names: the last dim is taken as the gripper")
+    spec["gripper_convention"] = "open_1"
+    notes.append("which end of the gripper dim is open is not recorded: open_1 (1 = open) assumed, use close_1 if "
+                 "1 means closed")
+    spec["bgr"], spec["bgr_wrist"] = False, False
+    summary = {"codebase_version": version, "fps": info.get("fps"), "episodes": info.get("total_episodes"),
+               "frames": info.get("total_frames"), "splits": info.get("splits"), "cameras": cams,
+               "action_dim": adim, "proprio_dim": sdim}
+    folder = path.parent.name if re.fullmatch(r"v\d+(\.\d+)*", path.name) else path.name  # .../name/v3.0
+    return Inspection(kind, path, re.sub(r"\W+", "_", folder).strip("_").lower() or "my_lerobot", spec, summary, notes)
+
+
+def _action_fields(spec: dict[str, Any], action: str, adim: int, notes: list[str]) -> None:
+    """``action_keys``/``action_layout``/``action_absolute_mask`` for an action of ``adim`` dims."""
+    if adim == 10:
+        spec["action_keys"], spec["action_layout"] = [action], "eef_r6"
+        spec["action_absolute_mask"] = [False] * 9 + [True]
+        return
+    spec["action_layout"] = "eef_pos"
+    spec["action_absolute_mask"] = [False] * 6 + [True]
+    if adim == 7:
+        spec["action_keys"] = [action]
+    elif adim > 7:
+        spec["action_keys"] = [f"{action}[0:6]", f"{action}[{adim - 1}:{adim}]"]
+        notes.append(f"{action} has {adim} dims: the spec takes dims 0-5 as xyz/rpy deltas and the last as the "
+                     "gripper; rewrite action_keys to match your layout")
+    else:
+        spec["action_keys"] = [f"{action}[0:{adim - 1}]", f"zeros:{7 - adim}", f"{action}[{adim - 1}:{adim}]"]
+        notes.append(f"{action} has {adim} dims: padded to eef_pos (7) with zeros before the gripper (last dim); "
+                     "rewrite action_keys if that is not your layout (e.g. joint-space actions)")
+    notes.append("action layout assumed: deltas of position/rotation, last dim the gripper (relative dims normalized, "
+                 "the gripper kept absolute); if your actions are absolute poses, convert them first")
 
 
 # -- entry point ------------------------------------------------------------------------------
@@ -279,7 +314,7 @@ def inspect_path(path: str | Path, *, fps: float | None = None, name: str | None
     if not p.is_dir():
         raise DataError("not a directory (point at a TFDS build dir, a LeRobot root or a folder of videos)", file=p)
     if (p / "meta" / "info.json").is_file():
-        out = _inspect_lerobot(p)
+        out = _inspect_lerobot(p, fps)
     elif (p / "dataset_info.json").is_file() and (p / "features.json").is_file():
         out = _inspect_rlds(p, fps)
     else:

@@ -2,8 +2,8 @@
 
 ``open_source(entry, data_cfg)`` looks the dataset up in the registry and returns an
 :class:`EpisodeSource`: episode count and lengths (for the plan), a fingerprint (for resume
-checks), standardized episodes and statistics. RLDS is built in; other kinds (human video)
-register an opener with :func:`register_opener`.
+checks), standardized episodes and statistics. RLDS is built in; other kinds (human video,
+LeRobot roots: ``meta/info.json``) register an opener with :func:`register_opener`.
 """
 
 from __future__ import annotations
@@ -127,9 +127,11 @@ def open_source(entry: DatasetEntry, data_cfg: DataConfig, index: int | None = N
     """The source for one mixture entry (its inline spec or the registry's + on-disk metadata check);
     ``index`` (the entry's position in ``data.datasets``) only sharpens error messages."""
     spec = spec_for_entry(entry, index)
-    kind = "video" if spec.is_video else "rlds"
+    kind = "video" if spec.is_video else "lerobot" if (Path(entry.path) / "meta" / "info.json").is_file() else "rlds"
     if kind == "video" and kind not in _OPENERS:
         import lavla.data_service.video  # noqa: F401  (registers the video opener; keeps PyAV off the RLDS path)
+    if kind == "lerobot" and kind not in _OPENERS:
+        import lavla.data_service.lerobot  # noqa: F401  (registers the LeRobot opener)
     if kind not in _OPENERS:
         raise NotImplementedError(f"{entry.name}: no opener registered for {kind!r} sources")
     if not Path(entry.path).exists():

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -219,9 +219,10 @@ def _images(raw: RawEpisode, key: str | None) -> list[bytes] | None:
     if key not in raw.steps:
         raise _err(raw, key, "missing feature key")
     value = raw.steps[key]
-    if not isinstance(value, list):
+    # encoded frames (RLDS), or a frame reader that yields decoded arrays (LeRobot video)
+    if isinstance(value, np.ndarray) or not isinstance(value, Sequence):
         raise _err(raw, key, "image key holds numbers, expected encoded images")
-    return value
+    return value  # type: ignore[return-value]
 
 
 # -- transforms -----------------------------------------------------------------------------------

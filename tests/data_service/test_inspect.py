@@ -17,6 +17,8 @@ from lavla.data_service.inline_spec import spec_from_mapping
 from lavla.data_service.inspect_dataset import guess_cameras, inspect_path
 from lavla.data_service.registry import get_spec
 
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "lerobot"
+
 
 def test_guess_cameras_prefers_third_person_and_names_the_rest() -> None:
     keys = ["steps/observation/wrist_image", "steps/observation/image", "steps/observation/depth_cam"]
@@ -55,16 +57,13 @@ def test_video_folder_and_lerobot_root_are_recognized(tmp_path: Path) -> None:
     found = inspect_path(videos)
     assert found.kind == "video" and found.spec["is_video"] and found.summary["fps"] == pytest.approx(10.0)
     assert spec_from_mapping(found.name, found.spec).lam_stride == 6
-    root = tmp_path / "lr"
-    (root / "meta").mkdir(parents=True)
-    (root / "meta" / "info.json").write_text(json.dumps({
-        "codebase_version": "v3.0", "fps": 30, "total_episodes": 2, "total_frames": 40,
-        "features": {"observation.images.front": {"dtype": "video"}, "observation.images.wrist": {"dtype": "video"},
-                     "observation.state": {"dtype": "float32", "shape": [6]}, "action": {"dtype": "float32", "shape": [6]}}}))
-    found = inspect_path(root)
-    assert found.kind == "lerobot_v3.0" and not found.trainable and "not read yet" in found.notes[0]
-    assert found.summary["guessed_primary"] == "observation.images.front"
-    assert found.summary["guessed_wrist"] == "observation.images.wrist"
+    found = inspect_path(FIXTURES / "v3.0")
+    assert found.kind == "lerobot_v3.0" and found.trainable and found.name == "lerobot"
+    assert (found.spec["image_primary_key"], found.spec["image_wrist_key"]) == ("observation.images.front",
+                                                                                "observation.images.wrist")
+    assert found.spec["action_keys"] == ["action"] and found.spec["proprio_keys"] == ["observation.state"]
+    assert found.spec["language_key"] == "task" and found.spec["control_hz"] == 10.0
+    assert found.summary["episodes"] == 3 and found.summary["action_dim"] == 7
 
 
 def test_unrecognized_paths_say_what_was_expected(tmp_path: Path, synthetic_dir: Path) -> None:

@@ -172,3 +172,25 @@ def test_robot_and_human_video_mixture_through_the_service(ray_local: None, tmp_
     assert_same_samples(got, want)
     has_action = {bool(s["has_action"]) for s in got.values()}
     assert has_action == {True, False}
+
+
+def test_rlds_and_lerobot_mixture_through_the_service(ray_local: None, synthetic_dir) -> None:
+    """A LeRobot v3.0 dataset (inline spec, video frames decoded in the actors) mixed with RLDS: the
+    service's samples equal the in-process reference."""
+    pytest.importorskip("av")
+    from pathlib import Path
+
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "lerobot" / "v3.0"
+    spec = {"image_primary_key": "observation.images.front", "image_wrist_key": "observation.images.wrist",
+            "proprio_keys": ["observation.state"], "action_keys": ["action"], "language_key": "task", "control_hz": 10.0}
+    cfg = DataConfig(datasets=[DatasetEntry(path=str(synthetic_dir)),
+                               DatasetEntry(name="lerobot_fixture", path=str(fixture), spec=spec)],
+                     image_size=32, action_horizon=4, plan_block_size=16, episode_group=2)
+    want = reference(cfg, 48)
+    clients = make_clients(_service(cfg, "lerobot", 2), world=2, micro=4, accum=1)
+    try:
+        got = run_steps(clients, 6)
+    finally:
+        _shutdown(clients)
+    assert_same_samples(got, want)
+    assert {int(s["dataset_id"]) for s in got.values()} == {0, 1}

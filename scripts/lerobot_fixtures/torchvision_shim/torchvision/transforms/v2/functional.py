@@ -1,0 +1,1 @@
+"""Nothing LeRobot's writer or reader calls; present because ``transforms.py`` imports it."""
