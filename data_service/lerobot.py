@@ -205,6 +205,12 @@ class LeRobotSource:
 
     def __init__(self, entry: DatasetEntry, spec: DatasetSpec, data_cfg: DataConfig) -> None:
         self.name, self.spec, self.entry, self.data_cfg = entry.name, spec, entry, data_cfg
+        try:
+            import av  # noqa: F401
+            import pyarrow  # noqa: F401
+        except ImportError as e:
+            raise ImportError(f"{entry.name}: LeRobot datasets need pyarrow and PyAV: "
+                              "pip install 'latent-vla-pretrain[lerobot]'") from e
         self.root = Path(entry.path)
         self.split = entry.split
         self.strict = data_cfg.on_bad_sample == "error"
