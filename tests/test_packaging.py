@@ -27,7 +27,8 @@ FOLDERS = ("launcher", "model", "data_service", "kernels", "trainer")
 DIST = "latent-vla-pretrain"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 LOCK = REPO / "requirements.lock"
-UNLOCKED_EXTRAS = {"gpu"}  # CUDA-only packages: pinned in pyproject and the image, not locked on CPU
+UNLOCKED_EXTRAS = {"gpu", "libero"}  # CUDA-only packages (pinned in pyproject and the image) and LIBERO's
+# exact pins (`make libero` installs them --no-deps): not in the CPU lock
 UNLOCKED_PACKAGES = {"torch"}  # pyproject's exact pin; left out so the lock also fits CUDA torch
 
 
