@@ -26,7 +26,7 @@ from typing import Any
 
 from lavla.data_service.dataset_spec import DatasetSpec, lam_stride_for
 
-__all__ = ["PROPRIO_LAYOUTS", "spec_from_mapping", "spec_for_entry", "spec_to_mapping"]
+__all__ = ["PROPRIO_LAYOUTS", "spec_for_entry", "spec_from_mapping", "spec_to_mapping"]
 
 PROPRIO_LAYOUTS = ("pos_euler", "pos_quat", "joint", "none")
 _FIELDS = {f.name: f for f in dataclasses.fields(DatasetSpec)}

@@ -12,7 +12,6 @@ taken, and with what the data shows where it shows something (e.g. the range of 
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 from lavla.data_service.dataset_spec import lam_stride_for
 from lavla.data_service.errors import DataError
 
-__all__ = ["Inspection", "inspect_path", "guess_cameras"]
+__all__ = ["Inspection", "guess_cameras", "inspect_path"]
 
 DEFAULT_HZ = 10.0
 """Control rate assumed when nothing records it (the OXE median)."""
@@ -222,7 +221,7 @@ def _inspect_video(path: Path, fps: float | None) -> Inspection:
         info = probe(clips[0].path)
         summary_fps = float(info.fps)
         rate = rate or summary_fps
-    except Exception as e:  # PyAV missing or an unreadable first clip: say so, keep going
+    except (ImportError, DataError, OSError) as e:  # PyAV missing or an unreadable first clip: say so, go on
         summary_fps = None
         notes.append(f"could not probe {clips[0].path} ({e}); frame rate unknown")
     if not rate:

@@ -47,7 +47,7 @@ from lavla.data_service.stats import DatasetStatistics, cached_statistics, compu
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LeRobotSource", "LeRobotEpisodeRow", "is_lerobot_root", "read_lerobot_info"]
+__all__ = ["LeRobotEpisodeRow", "LeRobotSource", "is_lerobot_root", "read_lerobot_info"]
 
 TASK_KEY = "task"
 """The spec's ``language_key`` that reads the episode's task string."""
@@ -161,12 +161,12 @@ class EpisodeVideoFrames(Sequence):  # type: ignore[type-arg]
 
             info = probe(self.path, episode=self.episode)
             num, den = info.time_base
-            first = int(round(self.start_s * info.fps))
+            first = round(self.start_s * info.fps)
             if first + self.length > info.num_frames:
                 raise DataError(f"the video holds {info.num_frames} frames, the episode needs frames "
                                 f"{first}..{first + self.length - 1}", file=self.path, episode=self.episode,
                                 field=self.key)
-            start = info.start_pts + int(round(self.start_s * den / num))
+            start = info.start_pts + round(self.start_s * den / num)
             self._info = replace(info, start_pts=start, num_frames=self.length)
         return self._info
 

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["HfLiberoBackend", "LiberoBackend", "LiberoEnv", "MAX_STEPS", "SETTLE_STEPS", "SUITES", "quat_to_axis_angle"]
+__all__ = ["MAX_STEPS", "SETTLE_STEPS", "SUITES", "HfLiberoBackend", "LiberoBackend", "LiberoEnv", "quat_to_axis_angle"]
 
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
 MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}

@@ -40,7 +40,6 @@ from typing import Any
 
 import numpy as np
 
-
 log = logging.getLogger("rollout")
 
 

@@ -341,7 +341,10 @@ class Study:
 
     def prepare_data(self) -> None:
         """Generates the world (and its human-video clips when a run reads them) once, up front."""
-        from lavla.data_service.synthetic import generate_synthetic_human_video, generate_synthetic_world
+        from lavla.data_service.synthetic import (
+            generate_synthetic_human_video,
+            generate_synthetic_world,
+        )
 
         cfg = self.world_config()
         self.log(f"world: {self.data_root} ({', '.join(self.budget.tasks)}; {cfg.train_episodes} train episodes)")
@@ -484,9 +487,9 @@ def pooled_label(key: str) -> str:
 def render_markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
     lines = ["# Miniature study on the synthetic world", ""]
     lines += [f"- **{k}**: {v}" for k, v in header.items()]
-    lines += ["", "Cells: mean ± sample std over seeds (n = number of seeds reporting). Held-out = the `val` split. "
-              "Success columns: episodes pooled over seeds, successes/episodes with the Wilson 95% interval, per task "
-              "family, and the random-action floor on the same scenes.", ""]
+    lines += ["", ("Cells: mean ± sample std over seeds (n = number of seeds reporting). Held-out = the `val` split. "
+                   "Success columns: episodes pooled over seeds, successes/episodes with the Wilson 95% interval, per "
+                   "task family, and the random-action floor on the same scenes."), ""]
     for part in PARTS:
         part_rows = [r for r in rows if r["part"] == part]
         if not part_rows:

@@ -79,6 +79,8 @@ def test_registry_inline_and_lerobot_mixture_on_two_ranks_resumes_exactly(tmp_pa
     assert sorted(a) == sorted(b) == [1, 2, 3, 4]
     for step in (3, 4):
         assert b[step]["loss"] == pytest.approx(a[step]["loss"], rel=1e-5, abs=1e-7)
+    def ids(run_dir, rank: int) -> dict:
+        return {(r["step"], r["micro"]): r["sample_ids"] for r in read_jsonl(run_dir / f"samples.rank{rank}.jsonl")}
+
     for rank in (0, 1):
-        ids = lambda d: {(r["step"], r["micro"]): r["sample_ids"] for r in read_jsonl(d / f"samples.rank{rank}.jsonl")}
-        assert ids(ref) == ids(res)
+        assert ids(ref, rank) == ids(res, rank)

@@ -4,7 +4,6 @@ config that trains unchanged."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest

@@ -107,7 +107,7 @@ def test_rollout_counts_success_from_the_env_and_stops_at_the_limit(tmp_path: Pa
 
     env = LiberoEnv("libero_goal", FakeBackend(), camera_size=8, max_steps=5)
     rec = RecordingEnv(env, tmp_path / "videos", episodes=2)
-    close = lambda obs: np.array([[0, 0, 0, 0, 0, 0, 0.0]] * 2, np.float32)  # noqa: E731  (gripper closed)
+    close = lambda obs: np.array([[0, 0, 0, 0, 0, 0, 0.0]] * 2, np.float32)
     result = rollout(close, rec, episodes=4, seed=0)
     assert result["per_task"]["task 0"]["successes"] == 2 and result["per_task"]["task 1"]["successes"] == 0
     assert [r["steps"] for r in result["episode_results"]] == [3, 5, 3, 5]  # success at 3, the limit at 5

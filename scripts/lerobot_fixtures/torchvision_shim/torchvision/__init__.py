@@ -9,6 +9,8 @@ writing a dataset and LeRobot's pyav reading path touch is provided: ``transform
 
 from . import io, transforms
 
+__all__ = ["io", "set_video_backend", "transforms"]
+
 __version__ = "0.0+lavla-shim"
 
 

@@ -12,7 +12,7 @@ class VideoReader:
         self.stream = self.container.streams.video[0]
         self._frames = None
 
-    def seek(self, ts: float, keyframes_only: bool = True) -> "VideoReader":
+    def seek(self, ts: float, keyframes_only: bool = True) -> VideoReader:
         # as torchvision's pyav backend: to the keyframe at or before ts, then decode forward
         offset = int(ts / self.stream.time_base)
         self.container.seek(offset, stream=self.stream, backward=True, any_frame=not keyframes_only)

@@ -5,6 +5,8 @@ import torch
 
 from . import v2
 
+__all__ = ["ToTensor", "v2"]
+
 
 class ToTensor:
     """HWC uint8 (PIL or array) -> CHW float in [0, 1], as torchvision's."""

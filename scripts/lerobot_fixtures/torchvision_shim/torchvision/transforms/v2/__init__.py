@@ -4,6 +4,8 @@ import torch
 
 from . import functional
 
+__all__ = ["Compose", "Identity", "Transform", "functional"]
+
 
 class Transform(torch.nn.Module):
     def forward(self, *inputs):
