@@ -26,9 +26,10 @@ column missing, non-finite values) raises DataError naming the file, episode and
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -344,19 +345,12 @@ class LeRobotSource:
         """The project's statistics over every episode of the dataset (all splits), from the parquet
         rows only (no video is decoded)."""
         def compute() -> DatasetStatistics:
-            def episodes() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-                whole = LeRobotSource(replace(self.entry, split="+".join(self._split_sizes)), self.spec, self.data_cfg)
-                for i in range(whole.num_episodes):
-                    try:
-                        ep = standardize(whole._raw(i), self.spec)
-                    except DataError as e:
-                        if self.strict:
-                            raise
-                        log.warning("statistics of %s: skipping bad episode: %s", self.name, e)
-                        continue
-                    yield ep.action, ep.proprio
+            from lavla.data_service.sources import standardized_actions
 
-            return compute_statistics(episodes(), total=len(self.rows), desc=f"statistics {self.name}")
+            whole = LeRobotSource(replace(self.entry, split="+".join(self._split_sizes)), self.spec, self.data_cfg)
+            reads = (functools.partial(whole._raw, i) for i in range(whole.num_episodes))
+            return compute_statistics(standardized_actions(reads, self.spec, self.name, self.strict),
+                                      total=len(self.rows), desc=f"statistics {self.name}")
 
         return cached_statistics(self.root, self._standardization_key(), compute)
 

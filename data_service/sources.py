@@ -8,8 +8,9 @@ LeRobot roots: ``meta/info.json``) register an opener with :func:`register_opene
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -21,7 +22,7 @@ from lavla.data_service.config import DataConfig, DatasetEntry
 from lavla.data_service.errors import DataError
 from lavla.data_service.inline_spec import spec_for_entry
 from lavla.data_service.registry import DatasetSpec
-from lavla.data_service.rlds import RLDSDataset
+from lavla.data_service.rlds import RawEpisode, RLDSDataset
 from lavla.data_service.standardize import StandardEpisode, standardize
 from lavla.data_service.stats import DatasetStatistics, cached_statistics, compute_statistics
 
@@ -94,24 +95,28 @@ class RLDSSource:
     def statistics(self) -> DatasetStatistics:
         """Cached statistics over all splits of the dataset (see ``data_service.stats``)."""
         def compute() -> DatasetStatistics:
-            ds, spec = self.dataset, self.spec
-
-            def episodes():
-                for split in ds.splits:
-                    for i in range(ds.num_episodes(split)):
-                        try:
-                            ep = standardize(ds.read_episode(split, i), spec)
-                        except DataError as e:
-                            if self.strict:
-                                raise
-                            log.warning("statistics of %s: skipping bad episode: %s", self.name, e)
-                            continue
-                        yield ep.action, ep.proprio
-
+            ds = self.dataset
+            reads = (functools.partial(ds.read_episode, split, i) for split in ds.splits for i in range(ds.num_episodes(split)))
             total = sum(ds.num_episodes(s) for s in ds.splits)
-            return compute_statistics(episodes(), total=total, desc=f"statistics {self.name}")
+            return compute_statistics(standardized_actions(reads, self.spec, self.name, self.strict), total=total,
+                                      desc=f"statistics {self.name}")
 
         return cached_statistics(self.dataset.path, self._standardization_key(), compute)
+
+
+def standardized_actions(reads: Iterable[Callable[[], RawEpisode]], spec: DatasetSpec, name: str,
+                         strict: bool) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(action, proprio)`` of each episode ``reads`` yields a reader for, standardized: what a
+    statistics pass consumes. A bad episode raises (``strict``) or is skipped with a warning."""
+    for read in reads:
+        try:
+            ep = standardize(read(), spec)
+        except DataError as e:
+            if strict:
+                raise
+            log.warning("statistics of %s: skipping bad episode: %s", name, e)
+            continue
+        yield ep.action, ep.proprio
 
 
 Opener = Callable[[DatasetEntry, DatasetSpec, DataConfig], EpisodeSource]
