@@ -27,8 +27,8 @@ and against the random-action floor) is written to ``--out/results.md`` and ``--
 with the command, seeds, date and wall time. The world (robot episodes and human-video clips) is
 generated once, before the first run.
 
-Budgets (:data:`BUDGETS`): ``tiny`` is a smoke test of a few minutes; ``small`` is sized for about an
-hour on 2 CPU cores (3 seeds) on a move/rotate/pick world, with 50 closed-loop episodes per run at
+Budgets (:data:`BUDGETS`): ``tiny`` is a smoke test of a few minutes; ``small`` takes about 2.5 h of
+machine time on 2 CPU cores (3 seeds; measured 2026-12-06) on a move/rotate/pick world, with 50 closed-loop episodes per run at
 2x the episode length;
 ``gpu`` is sized for one H100/H200 hour. Exit codes: 0 done, 1 a run failed (the study stops; rerun
 to continue), 2 bad arguments.
@@ -91,8 +91,8 @@ BUDGETS: dict[str, Budget] = {
     "tiny": Budget("tiny", steps=6, pre_steps=6, train_episodes=20, val_episodes=4, episode_length=16,
                    global_batch_size=8, micro_batch_size=8, seeds=(0,), eval_batches=2, eval_batch_size=16,
                    rollout_episodes=1, rollout_max_steps=8),
-    # About an hour on 2 CPU cores: the families the targets name (move, rotate, pick), policies past
-    # the ~300 steps a tiny one needs to leave the median predictor (launcher/learning_check.py).
+    # ~2.5 h of machine time for 3 seeds on 2 CPU cores (measured): the families the targets name
+    # (move, rotate, pick), policies past the ~300 steps a tiny one needs to leave the median predictor.
     "small": Budget("small", steps=400, pre_steps=400, train_episodes=300, val_episodes=40, episode_length=24,
                     global_batch_size=16, micro_batch_size=16, seeds=(0, 1, 2), eval_batches=0, eval_batch_size=32,
                     rollout_episodes=50, rollout_max_steps=48, tasks=("move", "rotate", "pick"), lam_steps=1000),
