@@ -1,7 +1,8 @@
 """Entry point: ``deepspeed [--num_gpus N] launcher/pretrain.py --config configs/<recipe>.yaml [--a.b=v ...]``.
 
-Also runs as plain ``python launcher/pretrain.py ...`` (one process) and as the console script
-``lavla-pretrain``. All behaviour lives in ``trainer/``; this file only parses the config.
+Also runs as plain ``python launcher/pretrain.py ...`` (one process), under ``torchrun`` (fixed or
+elastic, ``--nnodes=MIN:MAX``) and as the console script ``lavla-pretrain``. All behaviour lives in
+``trainer/``; this file only parses the config.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    elastic_agent = "TORCHELASTIC_RUN_ID" in os.environ
+    if elastic_agent and cfg.resume == "never":
+        print("config error: under torchrun, pass --resume=auto: the agent restarts workers after a failure or a "
+              "membership change, and they must continue from the run's own checkpoints", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
     from lavla.trainer.distributed import PortInUseError
     from lavla.trainer.loop import NonFiniteLossError, run
 
@@ -38,8 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     except PortInUseError as e:  # nothing ran; the message says which flag fixes it
         print(f"cannot start: {e}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    # A preemption checkpoint is "try again": the SLURM script requeues on it.
-    return EXIT_PREEMPTED if summary.get("exit_reason") == "preempted" else EXIT_OK
+    # A preemption checkpoint is "try again": the SLURM script requeues on it. Under torchrun the
+    # agent restarts any worker that exits non-zero, so there the saved state exits cleanly (the
+    # agent's own SIGTERM at a membership change, or the SLURM script's USR1, decides what follows).
+    if summary.get("exit_reason") == "preempted" and not elastic_agent:
+        return EXIT_PREEMPTED
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -94,6 +94,10 @@ class TrainerConfig:
     """Samples per optimizer step across all ranks (= micro_batch_size x grad accumulation x world size)."""
     micro_batch_size: int = 16
     """Samples per rank per forward pass; gradient accumulation fills the global batch."""
+    batch_layout: str = "exact"
+    """``exact``: a global batch the world size does not divide is an error. ``nearest``: the job
+    keeps the global batch with a smaller micro batch where it can, else takes the nearest global
+    batch the world size divides, and logs the change (elastic jobs, whose size is not chosen)."""
     precision: str = "fp32"
     """``fp32`` or ``bf16`` (mixed precision through DeepSpeed; quantizers stay fp32)."""
     gradient_clipping: float = 1.0
@@ -127,6 +131,8 @@ class TrainerConfig:
             raise ValueError(f"trainer.max_steps must be >= 0, got {self.max_steps}")
         if self.micro_batch_size < 1 or self.global_batch_size < 1:
             raise ValueError("trainer.micro_batch_size and trainer.global_batch_size must be >= 1")
+        if self.batch_layout not in ("exact", "nearest"):
+            raise ValueError(f"trainer.batch_layout must be 'exact' or 'nearest', got {self.batch_layout!r}")
         if self.max_nonfinite_steps < 1:
             raise ValueError(f"trainer.max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
         if self.log_every < 1:

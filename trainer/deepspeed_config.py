@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lavla.trainer.batch_layout import batch_layout
 from lavla.trainer.config import PretrainConfig
 
 # Parameters that should never be weight-decayed, matched on the parameter name.
@@ -14,14 +15,9 @@ _NO_DECAY_MARKERS = ("bias", "norm", "embed", "pos_emb", "queries", "codebook", 
 
 
 def gradient_accumulation_steps(cfg: PretrainConfig, world_size: int) -> int:
-    """Accumulation steps so that micro x accum x world == global batch, or a clear error."""
-    per_step = cfg.trainer.micro_batch_size * world_size
-    if cfg.trainer.global_batch_size % per_step:
-        raise ValueError(
-            f"trainer.global_batch_size={cfg.trainer.global_batch_size} is not a multiple of "
-            f"trainer.micro_batch_size={cfg.trainer.micro_batch_size} x world size {world_size}"
-        )
-    return cfg.trainer.global_batch_size // per_step
+    """Accumulation steps so that micro x accum x world == global batch, or a clear error (the
+    loop applies ``trainer.batch_layout=nearest`` before it gets here)."""
+    return batch_layout(cfg.trainer.global_batch_size, cfg.trainer.micro_batch_size, world_size).grad_accum
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

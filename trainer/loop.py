@@ -8,6 +8,7 @@ Steps are numbered from 1 as logged and checkpointed: step N is the N-th optimiz
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ import torch
 
 from lavla.trainer import distributed as dist_utils
 from lavla.trainer import faults
+from lavla.trainer.batch_layout import batch_layout
 from lavla.trainer.checkpoint import CheckpointManager, find_resume_checkpoint, needs_universal
 from lavla.trainer.config import PretrainConfig
 from lavla.trainer.config_io import dump_config
@@ -27,6 +29,7 @@ from lavla.trainer.engine import build_engine, sync_lr_schedule
 from lavla.trainer.evaluate import PeriodicEvaluator, can_predict_action
 from lavla.trainer.flops import count_flops, device_peak_flops
 from lavla.trainer.media import collect_media, has_media, write_pngs
+from lavla.trainer.membership import Heartbeat, RestartReport, read_last_progress
 from lavla.trainer.metrics import MetricAccumulator, MetricsSink
 from lavla.trainer.model_hooks import QuantizerHooks
 from lavla.trainer.nonfinite import NonFiniteGuard, NonFiniteLossError
@@ -71,9 +74,13 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
     _setup_logging()
     rank, world = dist_utils.rank(), dist_utils.world_size()
     run_dir = Path(cfg.run.dir)
+    cfg = _apply_batch_layout(cfg, world)
     config_yaml = dump_config(cfg)
 
     resume_from = find_resume_checkpoint(cfg.resume, run_dir)  # fails fast on a dirty run dir
+    # Read before anyone trains (rank 0 rewrites it after each step); one reading for all ranks,
+    # because the step that reports the restart logs, and logging is collective.
+    previous = dist_utils.broadcast_object(read_last_progress(run_dir) if dist_utils.is_main() else None)
     universal = needs_universal(resume_from, world, cfg.checkpoint.convert_on_world_size_change)
     dist_utils.barrier()
     if dist_utils.is_main():
@@ -102,6 +109,8 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
     sync_lr_schedule(scheduler, resumed=resume_from is not None)
 
     trainer = _Trainer(cfg, engine, data, ckpt, config_yaml, start_step, skipped_total, accum)
+    if resume_from is not None and previous is not None:
+        trainer.restart = RestartReport(previous, start_step, world)  # type: ignore[arg-type]
     try:
         summary = trainer.train()
     finally:
@@ -111,6 +120,19 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
     if dist_utils.is_main() and cfg.logging.console:
         print(closing_message(summary, run_dir, acts=can_predict_action(engine.module)), flush=True)
     return summary
+
+
+def _apply_batch_layout(cfg: PretrainConfig, world: int) -> PretrainConfig:
+    """``cfg`` with the batch layout this world size runs (the configured one, unless
+    ``trainer.batch_layout=nearest`` had to change it; the change is logged)."""
+    t = cfg.trainer
+    layout = batch_layout(t.global_batch_size, t.micro_batch_size, world, t.batch_layout)
+    if not layout.change:
+        return cfg
+    log.warning("batch layout for %d rank(s): %s; running %s", world, layout.change, layout.describe())
+    trainer = dataclasses.replace(t, global_batch_size=layout.global_batch_size,
+                                  micro_batch_size=layout.micro_batch_size)
+    return dataclasses.replace(cfg, trainer=trainer)
 
 
 class _Trainer:
@@ -143,12 +165,15 @@ class _Trainer:
         self.last_record: dict[str, Any] = {}
         self.evaluator = PeriodicEvaluator(cfg, self.run_dir, self.device) if cfg.eval.every_steps > 0 else None
         self.pending_eval: dict[str, float] = {}
+        self.heartbeat = Heartbeat(self.run_dir, self.world, enabled=dist_utils.is_main())
+        self.restart: RestartReport | None = None
 
     # --- one optimizer step ------------------------------------------------------------------
     def _train_step(self, step: int) -> tuple[bool, dict[str, Any]]:
         """Run optimizer step ``step``; returns (skipped, its last micro batch)."""
         engine, guard, timer = self.engine, self.guard, self.timer
         faults.maybe_kill("kill_at_step", step)
+        faults.maybe_slow()
         guard.begin_step()
         step_metrics: list[dict[str, Any]] = []
         loss_nonfinite = False
@@ -157,7 +182,7 @@ class _Trainer:
             with timer.phase("data"):
                 batch = self.data.client.next_micro_batch()
             if self.samples_file is not None:
-                self.samples_file.write(json.dumps({"step": step, "micro": micro, "rank": self.rank,
+                self.samples_file.write(json.dumps({"step": step, "micro": micro, "rank": self.rank, "world": self.world,
                                                     "sample_ids": batch["sample_id"].tolist()}) + "\n")
             batch = faults.maybe_poison_batch(_move(batch, self.device), step, self.rank, micro)
             measure = self.rates.flops_per_micro_step is None and self.cfg.logging.measure_flops and micro == 0
@@ -202,12 +227,16 @@ class _Trainer:
             step = n
             phases = self.timer.end_step()
             self.window_steps += 1
+            self.heartbeat.beat(step)
+            restart_event = self.restart.step_done(step, phases["step"]) if self.restart is not None else None
+            if restart_event:
+                self.pending_eval.update(restart_event)
             if self.profiler.step_finished(step, phases):
                 self._write_profile_report()
             evaluated = self.evaluator is not None and self.evaluator.due(step)
             if evaluated:
                 self._evaluate(step)
-            if step % cfg.trainer.log_every == 0 or step == cfg.trainer.max_steps or evaluated:
+            if step % cfg.trainer.log_every == 0 or step == cfg.trainer.max_steps or evaluated or restart_event:
                 self._log(step)
             if self.media and step % cfg.logging.media_every == 0:
                 self._write_media(step, batch)
@@ -228,7 +257,7 @@ class _Trainer:
         """Held-out evaluation on every rank (collective); ``_log`` writes it with this step's record."""
         assert self.evaluator is not None
         with self.timer.paused():  # evaluation stays out of samples/s and the step-time breakdown
-            self.pending_eval = self.evaluator.run(self.engine.module, step)
+            self.pending_eval.update(self.evaluator.run(self.engine.module, step))
 
     def _save(self, step: int) -> None:
         if step == self.start_step:

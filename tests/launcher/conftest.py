@@ -39,6 +39,15 @@ def reference(tmp_path_factory: pytest.TempPathFactory, tiny_world_args: list[st
     return run_dir
 
 
+@pytest.fixture(scope="session")
+def elastic_reference(tmp_path_factory: pytest.TempPathFactory, tiny_world_args: list[str]) -> Path:
+    """The uninterrupted 2-rank run the elastic tests compare with (36 steps, sample logs)."""
+    run_dir = tmp_path_factory.mktemp("elastic_reference") / "run"
+    run_deepspeed([*tiny_world_args, f"--run.dir={run_dir}", "--trainer.max_steps=36", "--data.log_sample_ids=true",
+                   "--checkpoint.every_steps=0", "--optim.warmup_steps=0"], num_ranks=2)
+    return run_dir
+
+
 def samples(run_dir: Path, rank: int) -> list[tuple[int, list[int]]]:
     """(step, sample ids) of every micro batch rank ``rank`` trained on, in order."""
     return [(r["step"], r["sample_ids"]) for r in read_jsonl(run_dir / f"samples.rank{rank}.jsonl")]
@@ -151,17 +160,51 @@ class LocalRayCluster:
         # One auth mode for every process: a head finding ~/.ray/auth_token would enable tokens.
         return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
-    def _start(self, args: list[str], log: str, cpus: int) -> None:
+    def _start(self, args: list[str], log: str, cpus: int, resources: str = "") -> subprocess.Popen:
         common = ["--block", f"--num-cpus={cpus}", "--num-gpus=0", "--temp-dir", str(self.temp_dir),
+                  *([f"--resources={resources}"] if resources else []),
                   "--disable-usage-stats", f"--dashboard-agent-listen-port={free_port()}",
                   f"--object-store-memory={100 * 1024 * 1024}"]
         out = open(self.temp_dir / log, "w")
-        self.procs.append(subprocess.Popen(["ray", "start", *args, *common], env=self.env(), stdout=out,
-                                           stderr=subprocess.STDOUT, start_new_session=True))
+        proc = subprocess.Popen(["ray", "start", *args, *common], env=self.env(), stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        return proc
 
-    def start(self, nodes: int = 2, cpus_per_node: int = 2, timeout: float = 120) -> None:
+    def add_node(self, cpus: int = 2, ip: str = "127.0.0.2", resources: str = "") -> subprocess.Popen:
+        """One more worker "node" (its own raylet, on a loopback address of its own, so that no
+        driver attaches to it and its loss takes only its workers)."""
+        return self._start([f"--address={self.address}", f"--node-ip-address={ip}"],
+                           f"node{len(self.procs)}.log", cpus, resources)
+
+    def alive_nodes(self) -> int:
+        probe = (f"import ray\nray.init(address='{self.address}', log_to_driver=False)\n"
+                 "print(sum(n['Alive'] for n in ray.nodes()))\n")
+        out = subprocess.run([sys.executable, "-c", probe], env=self.env(), check=True, timeout=120,
+                             capture_output=True, text=True)
+        return int(out.stdout.strip().splitlines()[-1])
+
+    @staticmethod
+    def kill_node(proc: subprocess.Popen) -> int:
+        """SIGKILL a node started by ``add_node``: its raylet, object store and every worker it
+        spawned, as when the machine is lost. Returns how many processes died."""
+        victims = [psutil.Process(proc.pid)]
+        victims += victims[0].children(recursive=True)
+        for p in victims:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        proc.wait(10)
+        return len(victims)
+
+    def start(self, nodes: int = 2, cpus_per_node: int = 2, timeout: float = 120, head_ip: str = "",
+              resources: str = "") -> None:
+        """``head_ip``: the head's node address; 127.0.0.1 makes drivers that connect to
+        ``self.address`` attach to the head (Ray Train puts its controller on the driver's node)."""
+        ip = [f"--node-ip-address={head_ip}"] if head_ip else []
         self._start(["--head", f"--port={self.port}", "--include-dashboard=false", f"--dashboard-port={free_port()}",
-                     f"--ray-client-server-port={free_port()}"], "head.log", cpus_per_node)
+                     f"--ray-client-server-port={free_port()}", *ip], "head.log", cpus_per_node, resources)
         for i in range(1, nodes):
             self._start([f"--address={self.address}"], f"worker{i}.log", cpus_per_node)
         probe = ("import ray,sys,time\n"

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from lavla.launcher.ray_job import RayJobError, _check_resources, main, runtime_env, trainer_argv
+from lavla.launcher.ray_job import (RayJobError, _check_resources, describe_layouts, elastic_overrides, main,
+                                   parse_num_workers, parser, runtime_env, trainer_argv)
 
 from .conftest import REPO
 
@@ -49,3 +50,32 @@ def test_bad_options_fail_before_connecting(capsys: pytest.CaptureFixture[str]) 
     assert "one rank per GPU" in capsys.readouterr().err
     assert main(["--config", config, "--", "--trainer.max_stpes=1"]) == 2
     assert "trainer.max_steps" in capsys.readouterr().err
+
+
+def test_num_workers_fixed_or_elastic_range() -> None:
+    assert parse_num_workers("4") == (4, 4)
+    assert parse_num_workers("2:8") == (2, 8)
+    for bad in ("0", "4:2", "a", "1:2:3", ":3"):
+        with pytest.raises(RayJobError, match="--num-workers"):
+            parse_num_workers(bad)
+
+
+def test_elastic_jobs_adapt_the_batch_layout_unless_told_otherwise() -> None:
+    assert elastic_overrides(["--a.b=1"]) == ["--a.b=1", "--trainer.batch_layout=nearest"]
+    assert elastic_overrides(["--trainer.batch_layout=exact"]) == ["--trainer.batch_layout=exact"]
+
+
+def test_launch_report_lists_the_layout_of_every_size() -> None:
+    from lavla.trainer.config import PretrainConfig, TrainerConfig
+
+    text = describe_layouts(PretrainConfig(trainer=TrainerConfig(global_batch_size=8, micro_batch_size=4)), 1, 3)
+    lines = text.splitlines()
+    assert len(lines) == 3 and "micro 4 x accum 2 = global 8" in lines[0] and "global 9" in lines[2]
+
+
+def test_worker_resources_must_be_a_json_object(capsys: pytest.CaptureFixture[str]) -> None:
+    a = parser().parse_args(["--config", "x.yaml", "--worker-resources", '{"trainer_slot": 1}'])
+    assert a.worker_resources == {"trainer_slot": 1.0}
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--config", "x.yaml", "--worker-resources", "[1]"])
+    assert "resource name" in capsys.readouterr().err
