@@ -9,6 +9,11 @@ node with ``srun`` (rendezvous on the first node), starts the Ray data service o
 allocation when ``data.num_workers > 0``, forwards preemption signals to the trainers and
 requeues the job after a preemption checkpoint. Every start uses ``--resume=auto``. The
 protocol is described at the top of the generated script.
+
+``--min-nodes K`` makes the job elastic: SLURM may start it on K to ``--nodes`` nodes, a failed
+node does not end it (``--no-kill``), and one torchrun agent per node (``--nnodes=K:N``, c10d
+rendezvous on the first node) restarts the trainers at the new world size from the newest
+checkpoint; agents started in another allocation can join it (the job log prints the command).
 """
 
 from __future__ import annotations
@@ -35,6 +40,10 @@ CONTAINER_WORKDIR = "/workspace/latent-vla"
 """Where the Dockerfile puts the code (its WORKDIR)."""
 RESIGNAL_SECONDS = 30
 """How often a preemption signal is repeated until the trainers have exited."""
+ELASTIC_AGENT_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+"""Environment of elastic torchrun agents. With the rendezvous TCP store shared (torch's default),
+an agent that stays rank 0 across rounds does not publish the new round's master address, and
+agents that join later wait for it until they time out (torch 2.13): every round must publish it."""
 _TIME_RE = re.compile(r"^(\d+-)?\d{1,3}:\d{2}:\d{2}$|^\d+$")
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_.,:@+/=-]+$")
 
@@ -73,6 +82,14 @@ class SlurmJob:
     sbatch_args: tuple[str, ...] = ()
     command: str = ""
     """The command line that generated the script (recorded in it)."""
+    min_nodes: int = 0
+    """0: a fixed-size job (DeepSpeed launchers). Else the elastic job's minimum node count (torchrun agents)."""
+    max_restarts: int = 10
+    """Elastic jobs: trainer restarts each torchrun agent allows after failures (membership changes are free)."""
+
+    @property
+    def elastic(self) -> bool:
+        return self.min_nodes > 0
 
     @property
     def log_dir(self) -> Path:
@@ -100,7 +117,7 @@ def render(job: SlurmJob, repo_root: Path = _ROOT) -> str:
     q = shlex.quote
     directives = [f"--partition={job.partition}" if job.partition else "",
                   f"--account={job.account}" if job.account else "",
-                  f"--time={job.time}" if job.time else "", *job.sbatch_args]
+                  f"--time={job.time}" if job.time else "", "--no-kill" if job.elastic else "", *job.sbatch_args]
     extra = "".join(f"#SBATCH {d}\n" for d in directives if d)
     container = []
     if job.container_image:
@@ -109,6 +126,14 @@ def render(job: SlurmJob, repo_root: Path = _ROOT) -> str:
             container.append(f"--container-mounts={job.container_mounts}")
     train_args = ["launcher/pretrain.py", "--config", job.config, "--resume=auto", f"--run.dir={job.run_dir}",
                   *job.overrides]
+    if job.elastic and not any(o.startswith("--trainer.batch_layout=") for o in job.overrides):
+        train_args.append("--trainer.batch_layout=nearest")  # the world size is not chosen in advance
+    launch = _fill((TEMPLATES / ("launch_torchrun.sh" if job.elastic else "launch_deepspeed.sh")).read_text(), {
+        "train_args": "\n".join(f"    {q(a)}" for a in train_args),
+        "nodes": str(job.nodes),
+        "max_restarts": str(job.max_restarts),
+        "agent_env": " ".join(f"{k}={v}" for k, v in ELASTIC_AGENT_ENV.items()),
+    })
     ray = ""
     if job.ray_cpus_per_node:
         ray = _fill((TEMPLATES / "ray_cluster.sh").read_text(), {
@@ -121,6 +146,8 @@ def render(job: SlurmJob, repo_root: Path = _ROOT) -> str:
     return _fill((TEMPLATES / "sbatch.sh").read_text(), {
         "job_name": job.job_name,
         "nodes": str(job.nodes),
+        "nodes_directive": f"{job.min_nodes}-{job.nodes}" if job.elastic else str(job.nodes),
+        "min_nodes": str(job.min_nodes or job.nodes),
         "gpus_per_node": str(job.gpus_per_node),
         "cpus_per_task": str(job.cpus_per_task),
         "grace_seconds": str(job.grace_seconds),
@@ -135,7 +162,7 @@ def render(job: SlurmJob, repo_root: Path = _ROOT) -> str:
         "master_port": _port_expr(job.master_port, 20000),
         "container_args": " ".join(q(a) for a in container),
         "ray_section": ray,
-        "train_args": "\n".join(f"    {q(a)}" for a in train_args),
+        "launch_section": launch,
     })
 
 
@@ -173,6 +200,10 @@ def build_job(a: argparse.Namespace, overrides: Sequence[str], command: str, rep
 
     if a.nodes < 1:
         raise SlurmLaunchError(f"--nodes must be >= 1, got {a.nodes}")
+    if a.min_nodes and not 1 <= a.min_nodes < a.nodes:
+        raise SlurmLaunchError(f"--min-nodes {a.min_nodes}: an elastic job needs 1 <= --min-nodes < --nodes ({a.nodes})")
+    if a.max_restarts < 0:
+        raise SlurmLaunchError(f"--max-restarts must be >= 0, got {a.max_restarts}")
     if a.gpus_per_node < 1:
         raise SlurmLaunchError(f"--gpus-per-node must be >= 1 (it is also the number of ranks per node), got {a.gpus_per_node}")
     if not 1 <= a.grace_seconds <= 65535:  # SLURM's limit for --signal=...@time
@@ -217,7 +248,7 @@ def build_job(a: argparse.Namespace, overrides: Sequence[str], command: str, rep
         ray_start_args=tuple(shlex.split(a.ray_start_args or "")),
         container_image=_check_token("container-image", a.container_image or ""),
         container_mounts=_check_token("container-mounts", a.container_mounts or ""),
-        sbatch_args=tuple(a.sbatch_arg), command=command,
+        sbatch_args=tuple(a.sbatch_arg), command=command, min_nodes=a.min_nodes, max_restarts=a.max_restarts,
     )
 
 
@@ -250,7 +281,12 @@ def parser() -> argparse.ArgumentParser:
                "--partition gpu --time 24:00:00 -- --trainer.max_steps=10000",
     )
     p.add_argument("--config", required=True, help="YAML recipe (validated now, read again by every start)")
-    p.add_argument("--nodes", type=int, required=True, help="nodes to allocate")
+    p.add_argument("--nodes", type=int, required=True, help="nodes to allocate (the maximum of an elastic job)")
+    p.add_argument("--min-nodes", type=int, default=0,
+                   help="make the job elastic: start on and keep going with as few as this many nodes (torchrun "
+                        "agents, c10d rendezvous); the global batch is kept, micro batch and accumulation adapt")
+    p.add_argument("--max-restarts", type=int, default=10,
+                   help="elastic jobs: trainer restarts per agent after failures (default 10)")
     p.add_argument("--gpus-per-node", type=int, required=True, help="GPUs per node = training ranks per node")
     p.add_argument("--partition", help="SLURM partition")
     p.add_argument("--account", help="SLURM account to charge")

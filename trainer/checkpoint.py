@@ -19,6 +19,13 @@ save of the same step replaces it. Nothing here unpickles arbitrary objects: JSO
 RNG: at the same world size each rank gets its saved RNG state back, so a resumed run repeats
 the uninterrupted one exactly. At another world size there is no meaningful mapping of old
 streams to new ranks; each rank is reseeded from (seed, step, rank), deterministically.
+
+Staged saves (``checkpoint.staging_dir``, for cheap frequent checkpoints): every rank writes its
+part to a node-local directory, which costs the training only that local write; a background
+thread then moves the files into the run dir and leaves ``.parts/rank_<r>``. Rank 0 marks the
+checkpoint complete when all parts are there. A node lost mid-upload leaves the checkpoint
+without ``COMPLETE``, so the previous one stands. Uploads are one at a time: a save waits for
+the previous upload, and the run's end waits for the last.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +53,8 @@ log = logging.getLogger(__name__)
 _TAG_RE = re.compile(r"^step_(\d{8,})$")
 COMPLETE_MARKER = "COMPLETE"
 LATEST_FILE = "latest"
+PARTS_DIR = ".parts"
+"""Inside a staged checkpoint: one empty file per rank whose upload has finished."""
 
 
 def tag_for_step(step: int) -> str:
@@ -113,13 +123,22 @@ def find_resume_checkpoint(resume: str, run_dir: Path) -> CheckpointInfo | None:
 class CheckpointManager:
     """Collective save / load around a DeepSpeed engine (every rank must call save and load)."""
 
-    def __init__(self, run_dir: Path, keep_last: int, convert_workers: int = 1) -> None:
+    def __init__(self, run_dir: Path, keep_last: int, convert_workers: int = 1, staging_dir: str = "") -> None:
         self.root = run_dir / "checkpoints"
         self.keep_last = keep_last
         self.convert_workers = convert_workers
+        # One private staging folder per run and rank: jobs and ranks sharing a node never collide.
+        run_key = hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
+        self.staging = Path(staging_dir) / f"lavla-{run_key}" / f"rank_{dist_utils.rank()}" if staging_dir else None
+        self._upload: threading.Thread | None = None
+        self._upload_error: BaseException | None = None
+        self.last_blocking_s = 0.0
+        """Seconds the newest save kept training waiting (the whole save, or the local write if staged)."""
 
     def save(self, engine: Any, step: int, trainer_state: dict[str, Any], config_yaml: str,
              normalization_stats: dict[str, Any]) -> Path:
+        if self.staging is not None:
+            return self._save_staged(engine, step, trainer_state, config_yaml, normalization_stats)
         tag = tag_for_step(step)
         path = self.root / tag
         t0 = time.perf_counter()
@@ -148,7 +167,84 @@ class CheckpointManager:
             self._prune()
             log.info("saved checkpoint %s in %.1fs", path, time.perf_counter() - t0)
         dist_utils.barrier()
+        self.last_blocking_s = time.perf_counter() - t0
         return path
+
+    # --- staged saves ----------------------------------------------------------------------
+    def _save_staged(self, engine: Any, step: int, trainer_state: dict[str, Any], config_yaml: str,
+                     normalization_stats: dict[str, Any]) -> Path:
+        assert self.staging is not None
+        self.wait_for_upload()
+        t0 = time.perf_counter()
+        tag = tag_for_step(step)
+        path, local = self.root / tag, self.staging / tag
+        if dist_utils.is_main():
+            if path.exists():  # an incomplete earlier attempt at this step
+                shutil.rmtree(path)
+            (path / PARTS_DIR).mkdir(parents=True)
+        shutil.rmtree(local, ignore_errors=True)
+        local.mkdir(parents=True)
+        dist_utils.barrier()
+        engine.save_checkpoint(str(self.staging), tag=tag, client_state=dict(UNIVERSAL_CLIENT_STATE),
+                               save_latest=False)
+        (local / "rng").mkdir(exist_ok=True)
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        torch.save(rng, local / "rng" / f"rank_{dist_utils.rank()}.pt")
+        if dist_utils.is_main():
+            _atomic_write(local / "trainer_state.json", json.dumps({**trainer_state, "step": step}, indent=2))
+            _atomic_write(local / "config.yaml", config_yaml)
+            _atomic_write(local / "normalization_stats.json", json.dumps(normalization_stats, indent=2))
+        faults.maybe_kill("kill_in_save", step)
+        dist_utils.barrier()  # every rank's state is on its local disk: training may go on
+        self.last_blocking_s = time.perf_counter() - t0
+        world, main = dist_utils.world_size(), dist_utils.is_main()
+        self._upload = threading.Thread(target=self._run_upload, args=(local, path, step, world, main, t0),
+                                        name=f"checkpoint-upload-{step}", daemon=True)
+        self._upload.start()
+        return path
+
+    def _run_upload(self, local: Path, path: Path, step: int, world: int, main: bool, t0: float) -> None:
+        try:
+            for src in sorted(p for p in local.rglob("*") if p.is_file()):
+                dest = path / src.relative_to(local)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                tmp = dest.with_name(f".{dest.name}.part{os.getpid()}")
+                shutil.copyfile(src, tmp)
+                os.replace(tmp, dest)
+            faults.maybe_kill("kill_in_upload", step)
+            (path / PARTS_DIR / f"rank_{dist_utils.rank()}").touch()
+            shutil.rmtree(local, ignore_errors=True)
+            if not main:
+                return
+            parts, waited = path / PARTS_DIR, time.monotonic()
+            while len(list(parts.iterdir())) < world:
+                if time.monotonic() - waited > 60:
+                    have = sorted(p.name for p in parts.iterdir())
+                    log.warning("checkpoint %s: still waiting for the other ranks' uploads (%d of %d: %s)",
+                                path.name, len(have), world, ", ".join(have))
+                    waited = time.monotonic()
+                time.sleep(0.05)
+            _atomic_write(path / COMPLETE_MARKER, json.dumps({"step": step, "time": time.time()}))
+            _atomic_write(self.root / LATEST_FILE, path.name)
+            self._prune()
+            log.info("saved checkpoint %s: training waited %.2fs, complete after %.1fs", path,
+                     self.last_blocking_s, time.perf_counter() - t0)
+        except BaseException as e:  # reported by the next save or the run's end, on the main thread
+            self._upload_error = e
+
+    def wait_for_upload(self) -> None:
+        """Block until the previous staged checkpoint is uploaded (and, on rank 0, complete)."""
+        if self._upload is not None:
+            if self._upload.is_alive():
+                t0 = time.perf_counter()
+                self._upload.join()
+                log.info("waited %.1fs for the previous checkpoint's upload", time.perf_counter() - t0)
+            self._upload = None
+        if self._upload_error is not None:
+            error, self._upload_error = self._upload_error, None
+            raise RuntimeError(f"uploading a staged checkpoint into {self.root} failed: {error}") from error
 
     def _prune(self) -> None:
         complete = list_complete(self.root)

@@ -158,6 +158,11 @@ class CheckpointConfig:
     format once (into ``<checkpoint>/universal/``, by rank 0) and loads that; False refuses instead."""
     convert_workers: int = 1
     """Worker processes of the universal conversion (more is faster for big models, and uses more memory)."""
+    staging_dir: str = ""
+    """Node-local directory (local NVMe, or /dev/shm for small models) for cheap frequent checkpoints:
+    each rank writes its part there and training goes on while a background thread moves it into
+    the run dir; the checkpoint counts once every rank's part has arrived. Empty: write into the
+    run dir directly, and training waits for the shared filesystem."""
 
     def __post_init__(self) -> None:
         if self.keep_last < 1:

@@ -6,6 +6,8 @@ steps, as logged):
 * ``kill_in_save:N``  every rank SIGKILLs itself while saving step N, after its DeepSpeed and RNG
   files are written and before the checkpoint is marked complete;
 * ``kill_at_step:N``  every rank SIGKILLs itself at the start of step N (mid-training);
+* ``kill_in_upload:N`` every rank SIGKILLs itself while uploading staged checkpoint N, after its
+  files are copied and before it reports its part (``checkpoint.staging_dir``);
 * ``nan_at_step:N``   the float tensors of rank 0's first micro batch of step N become NaN
   (e.g. ``nan_at_step:3,nan_at_step:5``), to exercise the non-finite step skip;
 * ``slow_steps:MS``   every step sleeps MS milliseconds first, so that a short test job lives long
@@ -30,7 +32,8 @@ def _parse(spec: str) -> set[tuple[str, int]]:
     out = set()
     for item in filter(None, (s.strip() for s in spec.split(","))):
         kind, _, step = item.partition(":")
-        if kind not in ("kill_in_save", "kill_at_step", "nan_at_step", "slow_steps") or not step.isdigit():
+        if kind not in ("kill_in_save", "kill_at_step", "kill_in_upload", "nan_at_step", "slow_steps") \
+                or not step.isdigit():
             raise ValueError(f"{ENV}: bad entry {item!r} (expected kill_in_save:N, kill_at_step:N, nan_at_step:N "
                              "or slow_steps:MS)")
         out.add((kind, int(step)))

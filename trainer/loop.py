@@ -92,7 +92,8 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
                       grad_accum=accum, is_local_leader=dist_utils.local_rank() == 0, barrier=dist_utils.barrier)
     engine, scheduler = build_engine(cfg, world, load_universal=universal)
 
-    ckpt = CheckpointManager(run_dir, cfg.checkpoint.keep_last, cfg.checkpoint.convert_workers)
+    ckpt = CheckpointManager(run_dir, cfg.checkpoint.keep_last, cfg.checkpoint.convert_workers,
+                             cfg.checkpoint.staging_dir)
     start_step, skipped_total = 0, 0
     if resume_from is not None:
         state = ckpt.load(engine, resume_from, cfg.run.seed)
@@ -266,6 +267,7 @@ class _Trainer:
                  "global_batch_size": self.cfg.trainer.global_batch_size,
                  "nonfinite_skipped_total": self.guard.skipped_total}
         self.ckpt.save(self.engine, step, state, self.config_yaml, self.data.normalization_stats())
+        self.pending_eval["checkpoint/blocking_s"] = self.ckpt.last_blocking_s
 
     def _log(self, step: int) -> None:
         reduced = self.acc.reduce()
@@ -320,6 +322,10 @@ class _Trainer:
         log.info("throughput report: %s%s", md, f", {png}" if png else "")
 
     def close(self) -> None:
+        try:
+            self.ckpt.wait_for_upload()  # the run's last checkpoint must be complete before it exits
+        except RuntimeError:
+            log.exception("the last staged checkpoint did not complete; a resume starts from the one before")
         self.profiler.stop()
         self.data.client.close()
         if self.evaluator is not None:

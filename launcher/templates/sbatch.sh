@@ -1,6 +1,6 @@
 #!/bin/bash
 #SBATCH --job-name={{job_name}}
-#SBATCH --nodes={{nodes}}
+#SBATCH --nodes={{nodes_directive}}
 #SBATCH --ntasks-per-node=1
 #SBATCH --gpus-per-node={{gpus_per_node}}
 #SBATCH --cpus-per-task={{cpus_per_task}}
@@ -30,6 +30,7 @@ log() { echo "[lavla-slurm $(date +%H:%M:%S)] $*"; }
 
 EXIT_PREEMPTED={{exit_preempted}}
 NNODES={{nodes}}
+MIN_NODES={{min_nodes}}
 GPUS_PER_NODE={{gpus_per_node}}
 RUN_DIR={{run_dir}}
 SLURM_DIR={{log_dir}}
@@ -63,10 +64,11 @@ trap 'on_signal TERM' TERM
 
 # --- Hostfile: DeepSpeed takes its resource pool from it, even with --no_ssh (never from SLURM).
 mapfile -t NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
-if (( ${#NODES[@]} != NNODES )); then
-    log "expected $NNODES nodes, SLURM gave ${#NODES[@]}: ${NODES[*]}"
+if (( ${#NODES[@]} < MIN_NODES || ${#NODES[@]} > NNODES )); then
+    log "expected $MIN_NODES to $NNODES nodes, SLURM gave ${#NODES[@]}: ${NODES[*]}"
     exit 1
 fi
+NNODES=${#NODES[@]}
 HOSTFILE="$SLURM_DIR/hostfile-$SLURM_JOB_ID"
 printf "%s slots=$GPUS_PER_NODE\n" "${NODES[@]}" > "$HOSTFILE.tmp" && mv "$HOSTFILE.tmp" "$HOSTFILE"
 
@@ -83,22 +85,7 @@ cleanup() {
     for pid in $RESIGNAL_PID "${BACKGROUND_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
 }
 
-# --- Training: one DeepSpeed launcher per node (--no_ssh --node_rank), each starting
-# GPUS_PER_NODE ranks. `trap ''` makes the launchers ignore USR1 and TERM: the step's signals
-# reach every process of it, and a launcher killed by one would take the checkpointing
-# trainers with it; the trainers install their own handlers. --wait instead of
-# --kill-on-bad-exit: nodes leaving with EXIT_PREEMPTED must not be killed (and their code
-# turned into 137) by the first one to leave; a node that crashed still brings the step down
-# within two minutes instead of leaving the others blocked in a collective.
-TRAIN_ARGS=(
-{{train_args}}
-)
-run_training() {
-    srun --nodes="$NNODES" --ntasks-per-node=1 --kill-on-bad-exit=0 --wait=120 "${CONTAINER_ARGS[@]}" \
-        bash -c 'trap "" USR1 TERM; exec deepspeed --node_rank="$SLURM_NODEID" "$@"' lavla-node \
-        --no_ssh --hostfile="$HOSTFILE" --master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT" \
-        "${TRAIN_ARGS[@]}" "${DATA_ARGS[@]}" &
-    TRAIN_PID=$!
+{{launch_section}}    TRAIN_PID=$!
     # `wait` returns early (status > 128) whenever a trapped signal arrives: wait again until
     # srun has really exited. A status already reported comes back as 127: keep the first one.
     local rc again

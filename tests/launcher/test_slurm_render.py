@@ -17,6 +17,7 @@ SHAPES = {
     "1x1": ["--nodes", "1", "--gpus-per-node", "1"],
     "2x8_ray": ["--nodes", "2", "--gpus-per-node", "8", "--time", "12:00:00", "--",
                 "--data.num_workers=8", "--trainer.max_steps=5000"],
+    "3x8_elastic": ["--nodes", "3", "--min-nodes", "2", "--gpus-per-node", "8", "--", "--trainer.max_steps=5000"],
     "4x8_partition_account": ["--nodes", "4", "--gpus-per-node", "8", "--partition", "gpu-long", "--account",
                               "proj123", "--time", "2-00:00:00", "--grace-seconds", "600", "--sbatch-arg=--exclusive",
                               "--container-image", "registry.example.com/lavla:0.1.0", "--container-mounts",
@@ -61,3 +62,24 @@ def test_shapes_have_their_directives(tmp_path: Path, monkeypatch: pytest.Monkey
     assert "#SBATCH --account=proj123\n" in four and "#SBATCH --exclusive\n" in four
     assert "--container-image=registry.example.com/lavla:0.1.0" in four and "cd <REPO>" not in four
     assert "cd <REPO> || exit 1" in one
+
+
+def test_elastic_job_runs_torchrun_agents_that_survive_a_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    text = _render("3x8_elastic", tmp_path)
+    assert "#SBATCH --nodes=2-3\n" in text and "#SBATCH --no-kill\n" in text and "MIN_NODES=2\n" in text
+    assert "exec torchrun" in text and "deepspeed --node_rank" not in text
+    assert '--nnodes="$MIN_NODES:3"' in text and "--rdzv-backend=c10d" in text and "--max-restarts=10" in text
+    assert "--no-kill" in text.split("run_training() {")[1].split("TRAIN_PID")[0]  # the step survives a node too
+    assert "--resume=auto" in text and "--trainer.batch_layout=nearest" in text
+    fixed = _render("1x1", tmp_path)
+    assert "--no-kill" not in fixed and "batch_layout" not in fixed and "torchrun" not in fixed
+
+
+def test_bad_elastic_options_are_refused(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    base = ["--config", "configs/quickstart.yaml", "--gpus-per-node", "8", "--dry-run"]
+    assert main([*base, "--nodes", "2", "--min-nodes", "2"]) == 2
+    assert "--min-nodes < --nodes" in capsys.readouterr().err
+    assert main([*base, "--nodes", "2", "--min-nodes", "1", "--max-restarts", "-1"]) == 2
+    assert "--max-restarts" in capsys.readouterr().err
