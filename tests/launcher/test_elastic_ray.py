@@ -76,7 +76,8 @@ def test_ray_job_shrinks_on_node_loss_and_grows_back(head_only: LocalRayCluster,
            "--data.log_sample_ids=true", f"--checkpoint.every_steps={EVERY}", "--checkpoint.keep_last=2",
            "--optim.warmup_steps=0"]
     log = tmp_path / "driver.log"
-    env = {**cluster.env(), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "LAVLA_FAULTS": "slow_steps:400"}
+    # Slow steps keep the one-rank phase long enough for the new node to join before the run ends.
+    env = {**cluster.env(), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "LAVLA_FAULTS": "slow_steps:700"}
     driver = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     try:
         _wait("2 ranks past a checkpoint",
