@@ -313,6 +313,20 @@ def build_ray_client(plan: SamplePlan, sources: list[Any], normalizers: list[Any
                          max_request_retries=cfg.max_request_retries, session=session)
 
 
+def decoder_names(ray: Any, namespace: str) -> list[str]:
+    """Names of every decoder actor in ``namespace``."""
+    return sorted(x["name"] for x in ray.util.list_named_actors(all_namespaces=True)
+                  if x["namespace"] == namespace and "/decoder-" in x["name"])
+
+
+def shutdown_service(ray: Any, name: str, namespace: str) -> int:
+    """Kill the decoders of service ``name`` (detached ones outlive their jobs); returns how many."""
+    mine = [n for n in decoder_names(ray, namespace) if n.rsplit("/decoder-", 1)[0] == name]
+    for n in mine:
+        ray.kill(ray.get_actor(n, namespace=namespace))
+    return len(mine)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m lavla.data_service.ray_service --address ADDR [--list | --shutdown NAME]``."""
     p = argparse.ArgumentParser(prog="python -m lavla.data_service.ray_service",
@@ -326,16 +340,12 @@ def main(argv: list[str] | None = None) -> int:
     ray = import_ray()
     ray.init(address=a.address, namespace=a.namespace, log_to_driver=False, configure_logging=False)
     try:
-        names = sorted(x["name"] for x in ray.util.list_named_actors(all_namespaces=True)
-                       if x["namespace"] == a.namespace and "/decoder-" in x["name"])
         if a.list:
-            print("\n".join(names) or "(no decoder actors)")
+            print("\n".join(decoder_names(ray, a.namespace)) or "(no decoder actors)")
             return 0
-        mine = [n for n in names if n.rsplit("/decoder-", 1)[0] == a.shutdown]
-        for n in mine:
-            ray.kill(ray.get_actor(n, namespace=a.namespace))
-        print(f"killed {len(mine)} decoder(s) of {a.shutdown!r}")
-        return 0 if mine else 1
+        killed = shutdown_service(ray, a.shutdown, a.namespace)
+        print(f"killed {killed} decoder(s) of {a.shutdown!r}")
+        return 0 if killed else 1
     finally:
         ray.shutdown()
 

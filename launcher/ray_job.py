@@ -22,6 +22,10 @@ universal conversion loads it at the new world size, the sample plan continues a
 global sample, and the global batch stays as configured (``trainer.batch_layout=nearest``: the
 micro batch and accumulation adapt, or the nearest divisible global batch is taken and logged).
 Each restart's cost (old -> new size, steps replayed, seconds lost) is logged as ``resize/*``.
+
+The data service's decoders outlive worker-group restarts: the job gives them a name of its own
+and a detached lifetime, so a restarted rank 0 attaches to the same warm decoders (the stream
+does not depend on them either way), and the driver removes them when the job ends.
 """
 
 from __future__ import annotations
@@ -115,6 +119,19 @@ def parse_num_workers(text: str) -> tuple[int, int]:
     return lo, hi
 
 
+def service_overrides(overrides: Sequence[str], run_dir: Path) -> tuple[list[str], str]:
+    """Decoders that survive worker-group restarts: a service name fixed for this run (Ray Train
+    gives every attempt a new rendezvous, hence a new default name) and a detached lifetime (job
+    decoders die with the rank 0 that created them). Returns the overrides and the name the
+    driver removes at the end ("" when the user chose the name or lifetime)."""
+    if any(o.startswith(("--data.service_name=", "--data.actor_lifetime=")) for o in overrides):
+        return list(overrides), ""
+    import hashlib
+
+    name = f"lavla-{run_dir.name}-{hashlib.sha1(str(run_dir).encode()).hexdigest()[:8]}"
+    return [*overrides, f"--data.service_name={name}", "--data.actor_lifetime=detached"], name
+
+
 def elastic_overrides(overrides: Sequence[str]) -> list[str]:
     """An elastic job adapts its batch layout to the size it gets, unless the user decided."""
     if any(o.startswith("--trainer.batch_layout=") for o in overrides):
@@ -147,6 +164,9 @@ def run_job(a: argparse.Namespace, overrides: Sequence[str]) -> int:
     except ConfigError as e:
         raise RayJobError(f"config error: {e}") from e
     run_dir = Path(cfg.run.dir).resolve()
+    service = ""
+    if cfg.data.num_workers > 0:
+        overrides, service = service_overrides(overrides, run_dir)
 
     if a.start_timeout_s:  # read by Ray Train's controller, which gets the driver's environment
         os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(a.start_timeout_s)
@@ -184,6 +204,15 @@ def run_job(a: argparse.Namespace, overrides: Sequence[str]) -> int:
             print(f"[ray_job] batch layout at each size:\n{describe_layouts(cfg, lo, hi)}", flush=True)
         result = trainer.fit()
     finally:
+        if service:
+            from lavla.data_service.ray_service import shutdown_service
+
+            try:
+                killed = shutdown_service(ray, service, cfg.data.ray_namespace)
+                print(f"[ray_job] removed the {killed} decoder(s) of data service {service!r}", flush=True)
+            except Exception as e:  # never hide the job's own outcome
+                print(f"[ray_job] could not remove data service {service!r} ({e}); remove it with: python -m "
+                      f"lavla.data_service.ray_service --address {a.address} --shutdown {service}", file=sys.stderr)
         ray.shutdown()
     if result.error is not None:
         print(f"[ray_job] training failed: {result.error}", file=sys.stderr)

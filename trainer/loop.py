@@ -111,7 +111,8 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
 
     trainer = _Trainer(cfg, engine, data, ckpt, config_yaml, start_step, skipped_total, accum)
     if resume_from is not None and previous is not None:
-        trainer.restart = RestartReport(previous, start_step, world)  # type: ignore[arg-type]
+        trainer.restart = RestartReport(previous, start_step, world,  # type: ignore[arg-type]
+                                        announce=dist_utils.is_main())
     try:
         summary = trainer.train()
     finally:

@@ -72,8 +72,10 @@ class Heartbeat:
 class RestartReport:
     """The cost of the restart this attempt began with; fed every completed step."""
 
-    def __init__(self, previous: LastProgress, resumed_step: int, world_size: int) -> None:
+    def __init__(self, previous: LastProgress, resumed_step: int, world_size: int, announce: bool = True) -> None:
         self.previous, self.resumed_step, self.world_size = previous, resumed_step, world_size
+        self.announce = announce
+        """Log the restart at its first step (rank 0 only: one line per restart)."""
         self.steps_replayed = max(0, previous.step - resumed_step)
         self.first_step_time: float | None = None
         self.done = False
@@ -89,10 +91,11 @@ class RestartReport:
         now = time.time() if now is None else now
         if self.first_step_time is None:
             self.first_step_time = now
-            log.warning("%s %d -> %d ranks: resumed from step %d, %d step(s) to replay; first step %.1f s after "
-                        "the old group's last (step %d)", "resized" if self.resized else "restarted",
-                        self.previous.world_size, self.world_size, self.resumed_step, self.steps_replayed,
-                        now - self.previous.time, self.previous.step)
+            if self.announce:
+                log.warning("%s %d -> %d ranks from the step %d checkpoint, %d step(s) to replay; first step %.1f s "
+                            "after the old group's last (step %d)", "resized" if self.resized else "restarted",
+                            self.previous.world_size, self.world_size, self.resumed_step, self.steps_replayed,
+                            now - self.previous.time, self.previous.step)
         if step <= self.previous.step:
             return None
         self.done = True

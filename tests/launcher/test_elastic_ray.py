@@ -98,6 +98,8 @@ def test_ray_job_shrinks_on_node_loss_and_grows_back(head_only: LocalRayCluster,
             driver.wait()
     out = log.read_text()
     assert rc == 0, out[-8000:]
+    # One data service for the whole run (its decoders outlive the restarts), removed at the end.
+    assert "removed the 1 decoder(s) of data service 'lavla-run-" in out, out[-3000:]
 
     events = assert_elastic_run_matches(run_dir, elastic_reference, STEPS, EVERY)
     sizes = [(e["resize/old_world_size"], e["resize/new_world_size"]) for e in events]

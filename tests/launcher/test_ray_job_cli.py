@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from lavla.launcher.ray_job import (RayJobError, _check_resources, describe_layouts, elastic_overrides, main,
-                                   parse_num_workers, parser, runtime_env, trainer_argv)
+                                   parse_num_workers, parser, runtime_env, service_overrides, trainer_argv)
 
 from .conftest import REPO
 
@@ -79,3 +79,12 @@ def test_worker_resources_must_be_a_json_object(capsys: pytest.CaptureFixture[st
     with pytest.raises(SystemExit):
         parser().parse_args(["--config", "x.yaml", "--worker-resources", "[1]"])
     assert "resource name" in capsys.readouterr().err
+
+
+def test_decoders_get_a_run_scoped_name_and_outlive_group_restarts(tmp_path: Path) -> None:
+    run_dir = tmp_path / "exp1"
+    overrides, name = service_overrides(["--a.b=1"], run_dir)
+    assert name.startswith("lavla-exp1-") and overrides == ["--a.b=1", f"--data.service_name={name}",
+                                                            "--data.actor_lifetime=detached"]
+    assert service_overrides(["--a.b=1"], run_dir)[1] == name  # every attempt of the run: the same service
+    assert service_overrides(["--data.actor_lifetime=job"], run_dir) == (["--data.actor_lifetime=job"], "")
