@@ -147,7 +147,24 @@ class CheckpointManager:
                 shutil.rmtree(path)
             path.mkdir(parents=True)
         dist_utils.barrier()
-        engine.save_checkpoint(str(self.root), tag=tag, client_state=dict(UNIVERSAL_CLIENT_STATE), save_latest=False)
+        self._write_parts(engine, self.root, step, trainer_state, config_yaml, normalization_stats)
+        # Only when every rank's files are on disk does the checkpoint become visible.
+        dist_utils.barrier()
+        if dist_utils.is_main():
+            self._mark_complete(path, step)
+            log.info("saved checkpoint %s in %.1fs", path, time.perf_counter() - t0)
+        dist_utils.barrier()
+        self.last_blocking_s = time.perf_counter() - t0
+        return path
+
+    @staticmethod
+    def _write_parts(engine: Any, save_root: Path, step: int, trainer_state: dict[str, Any], config_yaml: str,
+                     normalization_stats: dict[str, Any]) -> None:
+        """This rank's files of checkpoint ``step`` under ``save_root/<tag>`` (rank 0 adds the
+        metadata): the engine state, the RNG state and, on rank 0, state, config and statistics."""
+        tag = tag_for_step(step)
+        path = save_root / tag
+        engine.save_checkpoint(str(save_root), tag=tag, client_state=dict(UNIVERSAL_CLIENT_STATE), save_latest=False)
         rng_dir = path / "rng"
         rng_dir.mkdir(exist_ok=True)
         rng = {"cpu": torch.get_rng_state()}
@@ -159,16 +176,12 @@ class CheckpointManager:
             _atomic_write(path / "config.yaml", config_yaml)
             _atomic_write(path / "normalization_stats.json", json.dumps(normalization_stats, indent=2))
         faults.maybe_kill("kill_in_save", step)
-        # Only when every rank's files are on disk does the checkpoint become visible.
-        dist_utils.barrier()
-        if dist_utils.is_main():
-            _atomic_write(path / COMPLETE_MARKER, json.dumps({"step": step, "time": time.time()}))
-            _atomic_write(self.root / LATEST_FILE, tag)
-            self._prune()
-            log.info("saved checkpoint %s in %.1fs", path, time.perf_counter() - t0)
-        dist_utils.barrier()
-        self.last_blocking_s = time.perf_counter() - t0
-        return path
+
+    def _mark_complete(self, path: Path, step: int) -> None:
+        """Rank 0, once every rank's part is in ``path``: make it the newest checkpoint."""
+        _atomic_write(path / COMPLETE_MARKER, json.dumps({"step": step, "time": time.time()}))
+        _atomic_write(self.root / LATEST_FILE, path.name)
+        self._prune()
 
     # --- staged saves ----------------------------------------------------------------------
     def _save_staged(self, engine: Any, step: int, trainer_state: dict[str, Any], config_yaml: str,
@@ -185,18 +198,7 @@ class CheckpointManager:
         shutil.rmtree(local, ignore_errors=True)
         local.mkdir(parents=True)
         dist_utils.barrier()
-        engine.save_checkpoint(str(self.staging), tag=tag, client_state=dict(UNIVERSAL_CLIENT_STATE),
-                               save_latest=False)
-        (local / "rng").mkdir(exist_ok=True)
-        rng = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state()
-        torch.save(rng, local / "rng" / f"rank_{dist_utils.rank()}.pt")
-        if dist_utils.is_main():
-            _atomic_write(local / "trainer_state.json", json.dumps({**trainer_state, "step": step}, indent=2))
-            _atomic_write(local / "config.yaml", config_yaml)
-            _atomic_write(local / "normalization_stats.json", json.dumps(normalization_stats, indent=2))
-        faults.maybe_kill("kill_in_save", step)
+        self._write_parts(engine, self.staging, step, trainer_state, config_yaml, normalization_stats)
         dist_utils.barrier()  # every rank's state is on its local disk: training may go on
         self.last_blocking_s = time.perf_counter() - t0
         world, main = dist_utils.world_size(), dist_utils.is_main()
@@ -226,9 +228,7 @@ class CheckpointManager:
                                 path.name, len(have), world, ", ".join(have))
                     waited = time.monotonic()
                 time.sleep(0.05)
-            _atomic_write(path / COMPLETE_MARKER, json.dumps({"step": step, "time": time.time()}))
-            _atomic_write(self.root / LATEST_FILE, path.name)
-            self._prune()
+            self._mark_complete(path, step)
             log.info("saved checkpoint %s: training waited %.2fs, complete after %.1fs", path,
                      self.last_blocking_s, time.perf_counter() - t0)
         except BaseException as e:  # reported by the next save or the run's end, on the main thread

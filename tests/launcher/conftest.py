@@ -53,6 +53,19 @@ def samples(run_dir: Path, rank: int) -> list[tuple[int, list[int]]]:
     return [(r["step"], r["sample_ids"]) for r in read_jsonl(run_dir / f"samples.rank{rank}.jsonl")]
 
 
+def kill_tree(proc: subprocess.Popen) -> int:
+    """SIGKILL a process and all its descendants, also those in sessions of their own (torchrun's
+    trainers, Ray's workers): a lost machine. Returns how many processes were targeted."""
+    victims = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    for p in victims:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    proc.wait(10)
+    return len(victims)
+
+
 def kill_matching(needle: str) -> list[int]:
     """SIGKILL processes whose command line mentions ``needle`` (a path unique to one test)."""
     killed = []
@@ -188,15 +201,7 @@ class LocalRayCluster:
     def kill_node(proc: subprocess.Popen) -> int:
         """SIGKILL a node started by ``add_node``: its raylet, object store and every worker it
         spawned, as when the machine is lost. Returns how many processes died."""
-        victims = [psutil.Process(proc.pid)]
-        victims += victims[0].children(recursive=True)
-        for p in victims:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-        proc.wait(10)
-        return len(victims)
+        return kill_tree(proc)
 
     def start(self, nodes: int = 2, cpus_per_node: int = 2, timeout: float = 120, head_ip: str = "",
               resources: str = "") -> None:

@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from lavla.trainer.ports import free_port
@@ -21,7 +20,7 @@ from tests.conftest import read_jsonl
 
 from lavla.launcher.slurm import ELASTIC_AGENT_ENV
 
-from .conftest import REPO
+from .conftest import REPO, kill_tree
 from .elastic_checks import assert_elastic_run_matches
 
 pytestmark = pytest.mark.slow
@@ -40,17 +39,6 @@ def _agent(ip: str, port: int, args: list[str], log: Path, host: bool) -> subpro
            **ELASTIC_AGENT_ENV}
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
-
-
-def _kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL an agent and its trainers (torchrun starts each trainer in a session of its own)."""
-    victims = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    for p in victims:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    proc.wait(10)
 
 
 def _records(run_dir: Path) -> list[dict]:
@@ -82,7 +70,7 @@ def test_torchrun_shrinks_on_node_loss_and_grows_back(tmp_path: Path, tiny_world
         wait("2 ranks past a checkpoint",
              lambda: any(r["world_size"] == 2 and r["step"] > EVERY + 1 for r in _records(run_dir)), 400)
         t_loss = time.time()
-        _kill_tree(agents["b"])  # the agent and its trainer: a lost node
+        kill_tree(agents["b"])  # the agent and its trainer: a lost node
         wait("training at 1 rank", lambda: any(r["world_size"] == 1 for r in _records(run_dir)), 300)
         t_first_small = next(r["time"] for r in _records(run_dir) if r["world_size"] == 1)
 
@@ -93,7 +81,7 @@ def test_torchrun_shrinks_on_node_loss_and_grows_back(tmp_path: Path, tiny_world
     finally:
         for p in agents.values():
             if p.poll() is None:
-                _kill_tree(p)
+                kill_tree(p)
     out = logs["a"].read_text()
     assert rc_a == 0 and rc_c == 0, out[-8000:]
 
