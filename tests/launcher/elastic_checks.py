@@ -79,12 +79,16 @@ def assert_elastic_run_matches(run_dir: Path, reference: Path, steps: int, every
         assert e["resize/downtime_s"] > 0 and 0 <= e["resize/seconds_lost"], e
 
     # The loss continues from the checkpoint. The alignment term is the one that falls steadily
-    # here (1.0 -> 0.01 in 36 steps) and does not depend on sampled noise, which is reseeded at
-    # another world size: right after each resume it is the reference's, not back at the start.
+    # here (1.0 -> 0.01 in 36 steps). It does depend on the noise, which is reseeded at another
+    # world size, so a resumed run drifts a few steps ahead of or behind the reference (one CI run
+    # was at step 21 where the reference was at step 24). Right after each resume it lies in the
+    # band the reference crossed within one checkpoint interval of that step, far from the start.
     ref = last_records(reference)
     for e in events:
         s = e["resize/resumed_from_step"] + 1
-        got_align, ref_align = records[s]["loss/align"], ref[s]["loss/align"]
-        assert abs(got_align - ref_align) <= 0.25 * ref_align, (s, got_align, ref_align)
+        got_align = records[s]["loss/align"]
+        band = [ref[t]["loss/align"] for t in range(max(1, s - every), min(steps, s + every) + 1)]
+        lo, hi = 0.75 * min(band), 1.25 * max(band)
+        assert lo <= got_align <= hi, (s, got_align, (lo, hi))
         assert got_align < 0.5 * ref[1]["loss/align"], (s, got_align)
     return events
