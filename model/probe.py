@@ -48,11 +48,6 @@ def direction_labels(delta: np.ndarray, dims: tuple[int, ...] = (0, 1, 2), min_n
     return labels, keep
 
 
-def direction_names(dims: tuple[int, ...] = (0, 1, 2)) -> list[str]:
-    """Class names of :func:`direction_labels`, e.g. ``["+x", "-x", "+y", ...]``."""
-    return [f"{sign}{AXIS_NAMES[d]}" for d in dims for sign in "+-"]
-
-
 def one_hot_ids(ids: Tensor, num_codes: int) -> Tensor:
     """Token ids ``[N, Q]`` -> concatenated one-hots ``[N, Q*K]`` (float)."""
     return F.one_hot(ids.long(), num_codes).flatten(1).float()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import io
-import os
 import re
 import types
 import typing
@@ -193,10 +192,3 @@ def dump_config(cfg: PretrainConfig) -> str:
     return buf.getvalue()
 
 
-def save_config(cfg: PretrainConfig, path: str | os.PathLike) -> None:
-    """Write the resolved config atomically (tmp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(dump_config(cfg))
-    os.replace(tmp, path)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
 from lavla.trainer.batch_layout import batch_layout
@@ -100,7 +99,3 @@ def build_deepspeed_config(cfg: PretrainConfig, world_size: int, load_universal:
     if load_universal:
         ds["checkpoint"] = {"load_universal": True}
     return ds
-
-
-def model_dtype(cfg: PretrainConfig) -> torch.dtype:
-    return torch.bfloat16 if cfg.trainer.precision == "bf16" else torch.float32

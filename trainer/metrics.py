@@ -23,12 +23,6 @@ from lavla.trainer.config import LoggingConfig, PretrainConfig
 log = logging.getLogger(__name__)
 
 
-def to_float(v: Any) -> float:
-    if isinstance(v, torch.Tensor):
-        return float(v.detach().float().item())
-    return float(v)
-
-
 class MetricAccumulator:
     """Running sums of per-micro-step metrics between two log steps."""
 
