@@ -9,9 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from lavla.data_service.atomic import atomic_write_json
 
 
 def user_cache_dir() -> Path:
@@ -44,21 +45,6 @@ def load_json_cache(candidates: list[Path], fingerprint: str) -> dict[str, Any] 
         if isinstance(obj, dict) and obj.get("fingerprint") == fingerprint:
             return obj
     return None
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def store_json_cache(candidates: list[Path], obj: dict[str, Any]) -> Path | None:

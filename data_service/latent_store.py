@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from lavla.data_service.cache import atomic_write_json
+from lavla.data_service.atomic import atomic_write_json
 from lavla.data_service.errors import DataError
 
 try:  # the [video] extra

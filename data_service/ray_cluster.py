@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from lavla.data_service.cache import atomic_write_json, user_cache_dir
+from lavla.data_service.atomic import atomic_write_json
+from lavla.data_service.cache import user_cache_dir
 from lavla.data_service.config import DataConfig
 
 log = logging.getLogger(__name__)

@@ -45,6 +45,7 @@ from typing import Any
 import torch
 
 from lavla.trainer import distributed as dist_utils
+from lavla.data_service.atomic import atomic_write
 from lavla.trainer import faults
 from lavla.trainer.universal import UNIVERSAL_CLIENT_STATE, UNIVERSAL_DIR, ensure_converted
 
@@ -59,15 +60,6 @@ PARTS_DIR = ".parts"
 
 def tag_for_step(step: int) -> str:
     return f"step_{step:08d}"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)
@@ -172,15 +164,15 @@ class CheckpointManager:
             rng["cuda"] = torch.cuda.get_rng_state()
         torch.save(rng, rng_dir / f"rank_{dist_utils.rank()}.pt")
         if dist_utils.is_main():
-            _atomic_write(path / "trainer_state.json", json.dumps({**trainer_state, "step": step}, indent=2))
-            _atomic_write(path / "config.yaml", config_yaml)
-            _atomic_write(path / "normalization_stats.json", json.dumps(normalization_stats, indent=2))
+            atomic_write(path / "trainer_state.json", json.dumps({**trainer_state, "step": step}, indent=2))
+            atomic_write(path / "config.yaml", config_yaml)
+            atomic_write(path / "normalization_stats.json", json.dumps(normalization_stats, indent=2))
         faults.maybe_kill("kill_in_save", step)
 
     def _mark_complete(self, path: Path, step: int) -> None:
         """Rank 0, once every rank's part is in ``path``: make it the newest checkpoint."""
-        _atomic_write(path / COMPLETE_MARKER, json.dumps({"step": step, "time": time.time()}))
-        _atomic_write(self.root / LATEST_FILE, path.name)
+        atomic_write(path / COMPLETE_MARKER, json.dumps({"step": step, "time": time.time()}))
+        atomic_write(self.root / LATEST_FILE, path.name)
         self._prune()
 
     # --- staged saves ----------------------------------------------------------------------

@@ -11,13 +11,13 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from lavla.data_service.atomic import atomic_write
 from lavla.trainer import distributed as dist_utils
 from lavla.trainer import faults
 from lavla.trainer.batch_layout import batch_layout
@@ -61,9 +61,7 @@ def _move(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 def _write_run_config(run_dir: Path, config_yaml: str) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "checkpoints").mkdir(exist_ok=True)
-    tmp = run_dir / ".config.yaml.tmp"
-    tmp.write_text(config_yaml)
-    os.replace(tmp, run_dir / "config.yaml")
+    atomic_write(run_dir / "config.yaml", config_yaml)
 
 
 def run(cfg: PretrainConfig) -> dict[str, Any]:

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from lavla.data_service.atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +64,9 @@ class Heartbeat:
     def beat(self, step: int, now: float | None = None) -> None:
         if not self.enabled:
             return
-        tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"step": step, "time": time.time() if now is None else now,
-                                   "world_size": self.world_size}))
-        os.replace(tmp, self.path)  # no fsync: losing the newest beat in a power cut costs one step's report
+        # Not durable: losing the newest beat in a power cut costs one step's report, not an fsync a step.
+        atomic_write_json(self.path, {"step": step, "time": time.time() if now is None else now,
+                                      "world_size": self.world_size}, durable=False)
 
 
 class RestartReport:
