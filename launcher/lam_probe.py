@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lavla.launcher.annotate_latents import read_episode_frames
+from lavla.data_service.episode_frames import read_episode_frames
 from lavla.model.probe import (
     ProbeResult,
     RegressionResult,

@@ -47,7 +47,8 @@ def test_annotation_job_writes_every_step_and_resumes(lam_run, tmp_path):
     from lavla.data_service.config import DatasetEntry
     from lavla.data_service.latent_store import LatentStore
     from lavla.data_service.sources import open_source
-    from lavla.launcher.annotate_latents import main, read_episode_frames
+    from lavla.data_service.episode_frames import read_episode_frames
+    from lavla.launcher.annotate_latents import main
     from lavla.trainer.export import load_checkpoint_model
 
     run_dir, dataset = lam_run
