@@ -9,7 +9,7 @@ and a baseline policy (``configs/baseline.yaml``), then measures what each can d
 ====================================  =========================================================  ============
 check                                 measured by                                                 passes at
 ====================================  =========================================================  ============
-LAM latent carries the motion         ridge R^2 from the continuous latent to the summed action   y >= 0.4,
+LAM latent carries the motion         ridge R^2 from the continuous latent to the summed action   y >= 0.5,
                                       over (x_t, x_{t+H}), per translation dim x/y/z, on the      z >= 0.5,
                                       held-out ``val`` episodes (``launcher.lam_probe``)          x reported
 the policy looks at its images        ``action/image_swap_rel`` of ``launcher.evaluate``: how     >= 0.2
@@ -87,10 +87,11 @@ class CheckBudget:
 class Thresholds:
     """What counts as learning (the issue's targets for the CI check)."""
 
-    probe_r2: tuple[float | None, float | None, float | None] = (None, 0.4, 0.5)
+    probe_r2: tuple[float | None, float | None, float | None] = (None, 0.5, 0.5)
     """Minimum continuous-latent probe R^2 on x, y, z; None = reported, not gated. The issue's target
-    is 0.5 on each; the tiny LAM reaches it on z (0.78) and y (0.60) but not on x, the gripper's jaw
-    axis (0.14 at seed 0, 2026-12-06), so x is reported and the gate sits below what y reaches."""
+    is 0.5 on each. With the FiLM decoder y (0.74-0.83) and z (0.77-0.81) clear it at every seed
+    measured (0-3, 2026-12-07); x reaches 0.67 at the check's seed 0 but 0.04-0.77 over seeds 0-3, so a
+    gate on it would turn an innocuous change of the random stream into a failure: x is reported."""
     probe_target: float = 0.5
     """The R^2 every axis should reach (shown next to the gate)."""
     image_swap_rel: float = 0.2

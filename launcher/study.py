@@ -51,12 +51,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from lavla.model.config import LamConfig
+from lavla.model.vla_config import FPT_STRATEGIES
 from lavla.trainer.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
 PARTS = ("pre", "a", "b", "c")
-STRATEGIES = ("baseline", "la_align", "la_direct", "la_cond", "la_tok")
+STRATEGIES = FPT_STRATEGIES
 # Metrics the table shows, in order, and how they are labelled.
 TABLE_METRICS = {
     "action/l1": "held-out action L1 (normalized)",
@@ -140,7 +142,9 @@ def study_runs(budget: Budget, seeds: Iterable[int] | None = None) -> list[Run]:
                     "--model.lam.encoder.dim=64", "--model.lam.encoder.heads=4", "--model.lam.dim=64",
                     "--model.lam.depth=2", "--model.lam.heads=4", "--model.lam.num_queries=8",
                     "--model.lam.latent_dim=32", "--model.lam.decoder_dim=32", "--model.lam.decoder_depth=2",
-                    "--model.lam.motion_weight=20")
+                    "--model.lam.motion_weight=20",
+                    # LARA's decoder, not lam_pretrain.yaml's FiLM one: part (b) compares the two LAMs
+                    f"--model.lam.decoder_conditioning={LamConfig().decoder_conditioning}")
         runs += [
             # the LAM trained alone (= LARA's LAM config; also the "before" row of part b)
             Run(lam, "pre", "LAM alone (lam_pretrain @ LARA's LAM config)", "lam_pretrain", s,

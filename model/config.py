@@ -186,6 +186,10 @@ class LamConfig:
     """Pixel decoder layers: ViT blocks or hidden conv layers (Moto: 12)."""
     decoder_heads: int = 4
     """Pixel decoder attention heads, ``vit`` only (Moto: 12)."""
+    decoder_conditioning: str = "bias"
+    """How the latent enters the ``conv`` decoder: ``bias`` (a per-channel bias after the first conv) or
+    ``film`` (a per-channel scale and shift after every conv, so the latent can switch the local edge
+    detectors that "move this edge left/up" needs, instead of reaching them through nonlinearities)."""
     decoder_residual: bool = True
     """Decode x_{t+H} as x_t + a predicted change, so static pixels cost nothing and the loss is the
     motion (Moto: False, its 12-layer decoder re-renders the whole frame)."""
@@ -203,6 +207,8 @@ class LamConfig:
         _check(self.dim % self.heads == 0, f"lam.dim {self.dim} not divisible by heads {self.heads}")
         _check(self.decoder_dim % self.decoder_heads == 0, f"lam.decoder_dim {self.decoder_dim} not divisible by decoder_heads")
         _check(self.decoder in ("vit", "conv"), f"lam.decoder must be 'vit' or 'conv', got {self.decoder!r}")
+        _check(self.decoder_conditioning in ("bias", "film"),
+               f"lam.decoder_conditioning must be 'bias' or 'film', got {self.decoder_conditioning!r}")
         _check(self.mformer_target in ("frame", "difference"), f"lam.mformer_target must be 'frame' or 'difference', got {self.mformer_target!r}")
 
 

@@ -100,26 +100,38 @@ class PixelDecoder(nn.Module):
 
 
 class ConvPixelDecoder(nn.Module):
-    """Predicts x_{t+H} (in [-1,1]) with 3x3 convolutions at pixel resolution; the latent enters as a
-    per-channel bias after the first conv. Weights are shared across positions, so "move what is
-    here by the latent" is learned once for the whole image: a tiny CPU LAM learns to use its latent
-    in a few hundred steps, where a tiny ViT decoder (a linear head from a 32-d token to 192
-    pixels) learned to ignore it. Receptive field: 2 * (decoder_depth + 2) + 1 pixels."""
+    """Predicts x_{t+H} (in [-1,1]) with 3x3 convolutions at pixel resolution, conditioned on the
+    latent (``decoder_conditioning``: a per-channel bias after the first conv, or FiLM after every
+    conv). Weights are shared across positions, so "move what is here by the latent" is learned once
+    for the whole image: a tiny CPU LAM learns to use its latent in a few hundred steps, where a tiny
+    ViT decoder (a linear head from a 32-d token to 192 pixels) learned to ignore it. Receptive
+    field: 2 * (decoder_depth + 2) + 1 pixels."""
 
     def __init__(self, cfg: LamConfig) -> None:
         super().__init__()
-        c = cfg.decoder_dim
-        self.latent_proj = nn.Linear(cfg.num_queries * c, c)
+        c, depth = cfg.decoder_dim, cfg.decoder_depth
+        self.film = cfg.decoder_conditioning == "film"
+        # film: (scale, shift) for the input conv and each body conv; bias: one shift.
+        n_cond = 2 * c * (depth + 1) if self.film else c
+        self.latent_proj = nn.Linear(cfg.num_queries * c, n_cond)
         self.inp = nn.Conv2d(3, c, 3, padding=1)
-        self.body = nn.Sequential(*[m for _ in range(cfg.decoder_depth) for m in (nn.GELU(), nn.Conv2d(c, c, 3, padding=1))])
+        self.body = nn.Sequential(*[m for _ in range(depth) for m in (nn.GELU(), nn.Conv2d(c, c, 3, padding=1))])
         self.out = nn.Sequential(nn.GELU(), nn.Conv2d(c, 3, 3, padding=1))
         self.residual = cfg.decoder_residual
 
     def forward(self, x_t: Tensor, latent_tokens: Tensor) -> Tensor:
         """``x_t`` uint8 [B,3,H,W]; ``latent_tokens`` [B,Q,decoder_dim] (up-projected)."""
         img = normalize_image(x_t)
-        h = self.inp(img) + self.latent_proj(latent_tokens.flatten(1))[:, :, None, None]
-        out = self.out(self.body(h))
+        cond = self.latent_proj(latent_tokens.flatten(1))[:, :, None, None]
+        if not self.film:
+            h = self.body(self.inp(img) + cond)
+        else:
+            scale_shift = cond.chunk(2 * (len(self.body) // 2 + 1), dim=1)
+            h = self.inp(img) * (1 + scale_shift[0]) + scale_shift[1]
+            for i in range(len(self.body) // 2):  # (GELU, conv) pairs, each conv output modulated
+                h = self.body[2 * i + 1](self.body[2 * i](h))
+                h = h * (1 + scale_shift[2 * i + 2]) + scale_shift[2 * i + 3]
+        out = self.out(h)
         return img + out if self.residual else out
 
 

@@ -30,14 +30,14 @@ def test_judge_passes_only_when_every_target_is_met() -> None:
     good = judge(_probe([0.7, 0.6, 0.8]), {"action/image_swap_rel": 0.3}, _rollout(35, 3), "move", t)
     assert good.passed and len(good.checks) == 5, render(good)
     assert "PASSED" in render(good)
-    # x is reported, not gated (the LAM misses it; see Thresholds.probe_r2), and says so.
+    # x is reported, not gated (its discovery is seed-dependent; see Thresholds.probe_r2), and says so.
     low_x = judge(_probe([0.1, 0.6, 0.8]), {"action/image_swap_rel": 0.3}, _rollout(35, 3), "move", t)
     assert low_x.passed and "MISSED" in render(low_x)
     strict = judge(_probe([0.1, 0.6, 0.8]), {"action/image_swap_rel": 0.3}, _rollout(35, 3), "move",
                    Thresholds(probe_r2=(0.5, 0.5, 0.5)))
     assert not strict.passed
     for probe, ev, ro in [
-        (_probe([0.7, 0.3, 0.8]), {"action/image_swap_rel": 0.3}, _rollout(35, 3)),   # y not in the latent
+        (_probe([0.7, 0.45, 0.8]), {"action/image_swap_rel": 0.3}, _rollout(35, 3)),  # y below the 0.5 target
         (_probe([0.7, 0.6, 0.4]), {"action/image_swap_rel": 0.3}, _rollout(35, 3)),   # z not in the latent
         (_probe([0.7, None, 0.8]), {"action/image_swap_rel": 0.3}, _rollout(35, 3)),  # no y motion to probe
         (_probe([0.7, 0.6, 0.8]), {"action/image_swap_rel": 0.01}, _rollout(35, 3)),  # blind policy

@@ -45,3 +45,24 @@ def test_a_few_steps_reduce_reconstruction_loss():
         recon.append(float(metrics["loss/lam_recon"]))
     assert set(metrics) >= {"loss/lam", "loss/lam_recon", "loss/vq", "lam/perplexity", "lam/active_codes"}
     assert recon[-1] < 0.8 * recon[0], recon
+
+
+def test_film_decoder_modulates_every_conv_with_the_latent():
+    torch.manual_seed(0)
+    cfg = tiny_lam_config(decoder="conv", decoder_conditioning="film", decoder_depth=2)
+    dec = LatentActionModel(cfg).decoder
+    b = random_batch(2)
+    latent = torch.randn(2, cfg.num_queries, cfg.decoder_dim, requires_grad=True)
+    out = dec(b["image_primary"], latent)
+    assert out.shape == (2, 3, IMAGE, IMAGE)
+    # The latent moves the prediction, and each (scale, shift) pair of the 1 + depth convs gets a gradient.
+    assert (dec(b["image_primary"], latent + 1.0) - out).abs().max() > 1e-3
+    out.pow(2).sum().backward()
+    per_slice = dec.latent_proj.weight.grad.abs().sum(1).view(2 * (cfg.decoder_depth + 1), cfg.decoder_dim).sum(1)
+    assert (per_slice > 0).all(), per_slice
+    assert latent.grad.abs().sum() > 0
+    # bias conditioning keeps the original decoder: one shift, same parameter names as before
+    bias = LatentActionModel(tiny_lam_config(decoder="conv", decoder_depth=2)).decoder
+    assert bias.latent_proj.out_features == cfg.decoder_dim
+    assert {n for n, _ in bias.named_parameters()} == {n for n, _ in dec.named_parameters()}
+
