@@ -97,11 +97,12 @@ def iter_episodes(sources: list[Any], num_shards: int, shard_index: int) -> Iter
 def run(args: argparse.Namespace) -> dict[str, int]:
     from lavla.data_service.latent_store import LatentStoreWriter
     from lavla.data_service.sources import open_source
+    from lavla.model.recipe import capabilities_of
     from lavla.trainer.export import load_checkpoint_model
 
     policy, cfg, ckpt = load_checkpoint_model(args.checkpoint)
-    if not hasattr(policy, "annotate"):
-        raise TypeError(f"{ckpt}: model type {type(policy).__name__} has no annotate(); train a LAM recipe (type: lam*)")
+    if not capabilities_of(policy).annotates:
+        raise TypeError(f"{ckpt}: model type {type(policy).__name__} does not annotate latents; train a LAM recipe (type: lam*)")
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     policy.to(device)
     data_cfg = _data_config(args.data, cfg.data, args.split, args.dataset_name, args.stride)

@@ -102,9 +102,12 @@ def probe_checkpoint(checkpoint: str, data: str, dataset_name: str | None = None
     ``test_split``); returns the report, the test latents and the codebook size."""
     from lavla.data_service.config import DatasetEntry
     from lavla.data_service.sources import open_source
+    from lavla.model.recipe import capabilities_of
     from lavla.trainer.export import load_checkpoint_model
 
-    policy, cfg, _ = load_checkpoint_model(checkpoint)
+    policy, cfg, ckpt = load_checkpoint_model(checkpoint)
+    if not capabilities_of(policy).annotates:
+        raise TypeError(f"{ckpt}: model type {type(policy).__name__} does not annotate latents; probe a LAM recipe (type: lam*)")
     name = dataset_name or Path(data).parent.name
     # the run's own entry of that name keeps its inline spec, if it has one
     base = next((e for e in cfg.data.datasets if e.name == name), DatasetEntry(name=name))

@@ -272,12 +272,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from lavla.data_service.sim_env import rollout
     from lavla.model.policy_io import PolicyLoadError, load_policy
+    from lavla.model.recipe import capabilities_of
 
     t0 = time.perf_counter()
     try:
         policy = load_policy(a.policy, device=a.device, verify=a.verify)
     except (PolicyLoadError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not capabilities_of(policy.module).closed_loop:
+        print(f"error: {a.policy} is a {policy.meta.get('recipe', type(policy.module).__name__)} export, which does not "
+              "act from observations (capabilities.closed_loop is False): roll out a policy recipe", file=sys.stderr)
         return 2
     try:
         env = make_env(a, policy)

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lavla.model.config import LamConfig
-from lavla.model.vla_config import FPT_STRATEGIES
+from lavla.model.recipes.pixels_to_tokens.config import FPT_STRATEGIES
 from lavla.trainer.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]

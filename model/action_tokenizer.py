@@ -42,7 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from lavla.model.action_tokenizer_config import ActionTokenizerConfig
+from lavla.model.recipes.action_tokenizer.config import ActionTokenizerConfig
 from lavla.model.layers import TransformerBlock, eval_no_grad
 from lavla.model.quantizer import Quantizer, build_quantizer
 

@@ -1,7 +1,9 @@
-"""Typed model configuration. ``type`` selects the recipe (draccus choice registry, as LeRobot).
+"""Typed model configuration: the recipe base ``ModelConfig`` and the component configs recipes share
+(backbone, frame encoder, quantizer, LAM, flow head, latent targets).
 
-Recipe configs register themselves here with ``@ModelConfig.register_subclass(name)`` so that
-importing this module is enough for the config loader to know every recipe.
+``type`` selects the recipe (draccus choice registry, as LeRobot). Recipe configs live in their
+folders (``model/recipes/<name>/config.py``) and register with ``model.registry.register_recipe``;
+importing this module imports them all, so it is enough for the config loader to know every recipe.
 
 Defaults are the quickstart's tiny CPU sizes. Full-size reference values (Moto, GR00T N1.5 /
 LARA) are given in the field docstrings and belong in the YAML recipes.
@@ -13,12 +15,19 @@ from dataclasses import dataclass, field
 
 import draccus
 
+from lavla.model.registry import InputSpec
+
 from lavla.model.backbone_config import HFBackboneConfig
 
 
 @dataclass
 class ModelConfig(draccus.ChoiceRegistry):
     """Base of every recipe config. Select a recipe with ``type: <name>`` in YAML or ``--model.type``."""
+
+    def input_spec(self) -> InputSpec:
+        """The batch shapes the recipe consumes, with the model fields stating them (checked against
+        the data config once, when the model is built)."""
+        return InputSpec()
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -251,49 +260,36 @@ class FlowHeadConfig:
         _check(0.0 < self.noise_s <= 1.0, f"head.noise_s must be in (0, 1], got {self.noise_s}")
 
 
-@ModelConfig.register_subclass("lara")
 @dataclass
-class LaraConfig(ModelConfig):
-    """LARA: trainable LAM + flow-matching DiT head on a VL backbone, aligned by cosine."""
+class LatentTargetConfig:
+    """Where the latent-action targets come from."""
 
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    """Vision-language backbone."""
-    proprio_dropout: float = 0.0
-    """Probability that a training sample's proprio is zeroed (``model.proprio``); 0 = off (LARA)."""
+    source: str = "online"
+    """``online``: a LAM inside the model encodes (x_t, x_{t+H}) every step: one latent step per sample,
+    human video included; ``offline``: the batch's ``latent_ids`` / ``latent_emb`` read from the
+    zarr label store at ``data.latent_labels`` (one latent step per action step, as Pixels-to-Tokens)."""
     lam: LamConfig = field(default_factory=LamConfig)
-    """Latent action model supplying the alignment target."""
-    head: FlowHeadConfig = field(default_factory=FlowHeadConfig)
-    """Flow-matching action head."""
-    vl_layer: int = -1
-    """Backbone hidden state the head cross-attends to: index into [embeddings, layer 1, ..., layer L]
-    (GR00T N1.5 / LARA: 12, the VLM truncated at layer 12; -1 = the last layer)."""
-    align_layer: int = -3
-    """Index into the DiT hidden states [input, block 1, ..., block L]; -3 = output of block L-2."""
-    align_weight: float = 0.01
-    """Weight of the alignment loss mean(1 - cos)."""
-    lam_weight: float = 0.01
-    """Weight of the LAM loss (recon + vq)."""
-    lam_trainable: bool = True
-    """Train the LAM jointly (alignment gradients reach it); False freezes it and detaches the target."""
-    align_target: str = "continuous"
-    """``continuous``: pre-quantization tanh latent (LARA); ``quantized``: straight-through codes."""
+    """The online LAM (must match the checkpoint in ``lam_init``)."""
+    lam_init: str = ""
+    """Export directory of a trained LAM (``python -m lavla.launcher.export_policy`` of a ``type: lam`` run)
+    whose ``lam.*`` weights initialise the online LAM; empty = random init (tests only)."""
+    lam_trainable: bool = False
+    """Train the online LAM with the policy (Pixels-to-Tokens and LAPA keep it frozen)."""
+    lam_weight: float = 0.0
+    """Weight of the LAM's own loss when it trains."""
+    codes_per_step: int = 0
+    """Q, latent tokens per step; 0 = the online LAM's ``num_queries`` (UniVLA/FPT: 4, Moto: 8)."""
+    num_codes: int = 0
+    """K, codebook size; 0 = the online LAM's ``quantizer.num_codes`` (FPT: 16, LAPA: 8)."""
+    code_dim: int = 0
+    """D of the latent embedding (alignment target); 0 = the online LAM's ``latent_dim`` (FPT: 128)."""
 
     def __post_init__(self) -> None:
-        _check(self.align_target in ("continuous", "quantized"), f"model.align_target must be 'continuous' or 'quantized', got {self.align_target!r}")
-        n = self.head.depth + 1
-        _check(-n <= self.align_layer < n, f"model.align_layer {self.align_layer} out of range for {n} DiT hidden states (head.depth={self.head.depth})")
+        _check(self.source in ("online", "offline"), f"latent.source must be online or offline, got {self.source!r}")
 
 
-@ModelConfig.register_subclass("lam")
-@dataclass
-class LamPretrainConfig(ModelConfig):
-    """LAM-only pretraining: reconstruct x_{t+H} from x_t and the quantized latent."""
+# Every recipe folder's config.py registers its ``type:`` (model.registry); importing them here
+# means loading a config knows every recipe, without importing any model code.
+from lavla.model.registry import discover_recipes  # noqa: E402,I001
 
-    lam: LamConfig = field(default_factory=LamConfig)
-    """Latent action model."""
-
-
-# The LAPA / UniVLA LAM recipes register themselves on import (kept in their own module).
-from lavla.model import lam_config as _lam_config  # noqa: E402,F401
-from lavla.model import action_tokenizer_config as _action_tokenizer_config  # noqa: E402,F401
-from lavla.model import vla_config as _vla_config  # noqa: E402,F401
+discover_recipes()

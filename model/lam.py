@@ -15,7 +15,7 @@ The LAM module owns no parameters directly; every parameter lives in a submodule
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Union
 
 import torch
 import torch.nn as nn
@@ -23,6 +23,7 @@ from torch import Tensor
 
 from lavla.model.config import LamConfig
 from lavla.model.frame_encoder import FrameEncoder, TinyViTEncoder, build_frame_encoder
+from lavla.model.lam_config import LapaLamConfig, UnivlaLamConfig
 from lavla.model.layers import PatchEmbed, TransformerBlock, normalize_image, unpatchify
 from lavla.model.quantizer import build_quantizer
 
@@ -218,3 +219,21 @@ class LatentActionModel(nn.Module):
         loss = self.cfg.recon_weight * recon + lat.vq_loss
         metrics = lam_metrics(loss, recon, lat)
         return (loss, metrics, lat) if return_latents else (loss, metrics)
+
+
+AnyLamConfig = Union[LamConfig, LapaLamConfig, UnivlaLamConfig]
+
+
+def build_lam(cfg: AnyLamConfig) -> nn.Module:
+    """The LAM for a LAM config (Moto, LAPA or UniVLA style)."""
+    if isinstance(cfg, LapaLamConfig):
+        from lavla.model.lam_lapa import LapaLatentActionModel
+
+        return LapaLatentActionModel(cfg)
+    if isinstance(cfg, UnivlaLamConfig):
+        from lavla.model.lam_univla import UnivlaLatentActionModel
+
+        return UnivlaLatentActionModel(cfg)
+    if isinstance(cfg, LamConfig):
+        return LatentActionModel(cfg)
+    raise TypeError(f"not a LAM config: {type(cfg).__name__}")

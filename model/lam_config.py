@@ -1,15 +1,15 @@
-"""Typed configs of the LAPA- and UniVLA-style latent action models and their pretraining recipes.
+"""Typed configs of the LAPA- and UniVLA-style latent action models.
 
-The Moto/LARA LAM (``LamConfig``, recipe ``type: lam``) lives in ``model.config``; the two variants
-here register as ``type: lam_lapa`` and ``type: lam_univla``. ``model.config`` imports this module,
-so the config loader knows them. Defaults are tiny CPU sizes; reference values are in brackets.
+The Moto/LARA LAM (``LamConfig``) lives in ``model.config``; the pretraining recipes of all three
+(``type: lam``, ``lam_lapa``, ``lam_univla``) in ``model/recipes/lam_pretrain/``. Defaults are tiny
+CPU sizes; reference values are in brackets.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lavla.model.config import FrameEncoderConfig, ModelConfig, QuantizerConfig, _check
+from lavla.model.config import FrameEncoderConfig, QuantizerConfig, _check
 
 # Variant defaults are subclasses rather than default_factory functions: draccus builds a nested
 # section given in YAML from its annotated class, so a partial section keeps these defaults.
@@ -109,21 +109,3 @@ class UnivlaLamConfig:
                "lam.encoder must be frozen for the UniVLA LAM (its features are the regression target)")
         _check(self.encoder.kind == "hf" or self.image_size % self.patch_size == 0,
                f"lam.image_size {self.image_size} % patch_size {self.patch_size} != 0")
-
-
-@ModelConfig.register_subclass("lam_lapa")
-@dataclass
-class LapaLamPretrainConfig(ModelConfig):
-    """LAPA LAQ pretraining: reconstruct x_{t+H} pixels from detached x_t tokens + NSVQ latent."""
-
-    lam: LapaLamConfig = field(default_factory=LapaLamConfig)
-    """Latent action model."""
-
-
-@ModelConfig.register_subclass("lam_univla")
-@dataclass
-class UnivlaLamPretrainConfig(ModelConfig):
-    """UniVLA LAM pretraining: predict x_{t+H}'s frozen features from x_t's and the quantized latent."""
-
-    lam: UnivlaLamConfig = field(default_factory=UnivlaLamConfig)
-    """Latent action model."""

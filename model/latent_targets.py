@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from lavla.model.vla_config import LatentTargetConfig
+from lavla.model.config import LatentTargetConfig
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class LatentSource(nn.Module):
         self.cfg = cfg
         self.lam: nn.Module | None = None
         if cfg.source == "online":
-            from lavla.model.recipes.lam_pretrain import build_lam
+            from lavla.model.lam import build_lam
 
             self.lam = build_lam(cfg.lam)
             if cfg.lam_init:

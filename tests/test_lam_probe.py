@@ -19,9 +19,10 @@ from lavla.data_service.pipeline import build_data
 from lavla.data_service.sources import open_source
 from lavla.data_service.synthetic import generate_synthetic_world
 from lavla.launcher.lam_probe import collect_latents, probe_latents
-from lavla.model.config import FrameEncoderConfig, LamConfig, LamPretrainConfig
+from lavla.model.config import FrameEncoderConfig, LamConfig
+from lavla.model.recipes.lam_pretrain.config import LamPretrainConfig
 from lavla.model.quantizer import find_quantizers
-from lavla.model.recipes.lam_pretrain import LamPretrainPolicy
+from lavla.model.recipes.lam_pretrain.policy import LamPretrainPolicy
 
 pytestmark = pytest.mark.slow
 

@@ -74,10 +74,11 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from lavla.data_service.schema import supervision_mask
+from lavla.model.recipe import capabilities_of
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PSNR_CAP_DB", "ActionErrors", "PeriodicEvaluator", "codebook_usage", "evaluate", "find_lam",
+__all__ = ["PSNR_CAP_DB", "ActionErrors", "PeriodicEvaluator", "codebook_usage", "evaluate",
            "linear_probe", "masked_action_errors", "psnr", "supervision_mask", "write_report"]
 
 PSNR_CAP_DB = 100.0
@@ -203,52 +204,6 @@ def linear_probe(features: Tensor, motion: Tensor, *, ids: Tensor | None = None,
                 out["probe/direction_acc_tokens"] = fit_logistic_probe(onehot[fit][kf], yf, onehot[test][kt], yt,
                                                                        n_cls).accuracy
     return out
-
-
-# --------------------------------------------------------------------------------------------------
-# What a recipe module offers.
-# --------------------------------------------------------------------------------------------------
-
-
-def find_lam(model: nn.Module) -> nn.Module | None:
-    """The model's latent action model (``encode``/``decode``): LaraPolicy.lam, LamPretrainPolicy.lam,
-    or an online LatentSource's ``latent.lam``; None for models without one."""
-    for owner in (model, getattr(model, "latent", None)):
-        lam = getattr(owner, "lam", None) if owner is not None else None
-        if isinstance(lam, nn.Module) and callable(getattr(lam, "encode", None)) and callable(getattr(lam, "decode", None)):
-            return lam
-    return None
-
-
-def can_predict_action(model: nn.Module) -> bool:
-    """``predict_action`` exists and applies (LAPA's stage-2 model predicts latents only)."""
-    if not callable(getattr(model, "predict_action", None)):
-        return False
-    return getattr(getattr(model, "cfg", None), "stage", "action") != "latent"
-
-
-def can_score_latents(model: nn.Module) -> bool:
-    """``predict_latents`` applies and the recipe has latent targets to compare with."""
-    if not callable(getattr(model, "predict_latents", None)):
-        return False
-    if hasattr(model, "num_latent_queries") and not model.num_latent_queries:  # baseline / la_align
-        return False
-    if getattr(getattr(model, "cfg", None), "stage", "latent") != "latent":  # lapa_action
-        return False
-    from lavla.model.latent_targets import LatentSource
-
-    return callable(getattr(getattr(model, "tokenizer", None), "tokenize", None)) or isinstance(
-        getattr(model, "latent", None), LatentSource)
-
-
-def latent_targets(model: nn.Module, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
-    """Target ids [B,L] and mask [B,L] of what ``predict_latents`` decodes (see ``can_score_latents``)."""
-    tok = getattr(model, "tokenizer", None)
-    if tok is not None and callable(getattr(tok, "tokenize", None)):  # la_tok: per-step tokenizer codes
-        ids = tok.tokenize(batch)
-        return ids.long(), batch["action_valid"].bool() & batch["has_action"].bool()[:, None]
-    lat = model.latent(batch)  # online LAM ids [B,1,Q] or offline labels [B,N,Q]
-    return lat.ids.flatten(1).long(), lat.valid[:, :, None].expand_as(lat.ids).flatten(1)
 
 
 def raw_actions(actions: Tensor, dataset_id: Tensor, normalizers: Any) -> Tensor:
@@ -478,10 +433,10 @@ def evaluate(model: nn.Module, batches: Iterable[Mapping[str, Any]], *, normaliz
     rank = dist.get_rank() if distributed and dist.is_initialized() else 0
     dev = torch.device(device) if device is not None else _model_device(model)
     s = _Sums()
-    lam = find_lam(model)
+    caps = capabilities_of(model)
+    lam = model.latent_action_model() if caps.has_lam else None
     num_codes = int(getattr(getattr(lam, "quantizer", None), "num_codes", 0) or 0) if lam is not None else 0
-    act = can_predict_action(model)
-    lat_ok = can_score_latents(model)
+    act, lat_ok = caps.predicts_actions, caps.latent_targets
     kwargs: dict[str, Any] = {}
     if act and "generator" in inspect.signature(model.predict_action).parameters:
         kwargs["generator"] = torch.Generator().manual_seed(seed + 7919 * rank)
@@ -531,7 +486,7 @@ def evaluate(model: nn.Module, batches: Iterable[Mapping[str, Any]], *, normaliz
                                                                           raw_mask[:, :1]))
             if lat_ok:
                 pred_ids = model.predict_latents(b)
-                tgt_ids, tgt_mask = latent_targets(model, b)
+                tgt_ids, tgt_mask = model.latent_targets(b)
                 if pred_ids.shape == tgt_ids.shape:
                     hit = (pred_ids.long() == tgt_ids) & tgt_mask
                     s.add("latent", torch.stack([hit.sum(), tgt_mask.sum()]))

@@ -26,7 +26,8 @@ from lavla.trainer.config import PretrainConfig
 from lavla.trainer.config_io import dump_config
 from lavla.trainer.deepspeed_config import gradient_accumulation_steps
 from lavla.trainer.engine import build_engine, sync_lr_schedule
-from lavla.trainer.evaluate import PeriodicEvaluator, can_predict_action
+from lavla.model.recipe import capabilities_of
+from lavla.trainer.evaluate import PeriodicEvaluator
 from lavla.trainer.flops import count_flops, device_peak_flops
 from lavla.trainer.media import collect_media, has_media, write_pngs
 from lavla.trainer.membership import Heartbeat, RestartReport, read_last_progress
@@ -118,7 +119,7 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
     dist_utils.barrier()
     log.info("done: step %d (%s)", summary["step"], summary["exit_reason"])
     if dist_utils.is_main() and cfg.logging.console:
-        print(closing_message(summary, run_dir, acts=can_predict_action(engine.module)), flush=True)
+        print(closing_message(summary, run_dir, acts=capabilities_of(engine.module).closed_loop), flush=True)
     return summary
 
 

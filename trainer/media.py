@@ -15,11 +15,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from lavla.model.recipe import Recipe
+
 log = logging.getLogger(__name__)
 
 
 def has_media(module: nn.Module) -> bool:
-    return callable(getattr(module, "media", None))
+    return isinstance(module, Recipe) and module.capabilities.logs_media
 
 
 def collect_media(module: nn.Module, batch: dict[str, Any]) -> dict[str, np.ndarray]:

@@ -1,1 +1,2 @@
-"""One module per training recipe; each exposes ``forward(batch) -> (loss, metrics)``."""
+"""One folder per recipe: ``<name>/config.py`` registers the config and its builder
+(``lavla.model.registry.register_recipe``), ``<name>/policy.py`` holds the ``lavla.model.recipe.Recipe``."""

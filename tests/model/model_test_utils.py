@@ -10,14 +10,8 @@ from typing import Any, Iterator
 import torch
 
 from lavla.data_service.schema import LIST_KEYS, TENSOR_KEYS
-from lavla.model.config import (
-    BackboneConfig,
-    FlowHeadConfig,
-    FrameEncoderConfig,
-    LamConfig,
-    LaraConfig,
-    QuantizerConfig,
-)
+from lavla.model.config import BackboneConfig, FlowHeadConfig, FrameEncoderConfig, LamConfig, QuantizerConfig
+from lavla.model.recipes.lara.config import LaraConfig
 from lavla.model.lam_config import LapaLamConfig, UnivlaLamConfig
 
 IMAGE, PATCH, N, A, P, E = 32, 8, 4, 5, 6, 3

@@ -13,11 +13,11 @@ import torch
 
 from lavla.data_service.config import DataConfig
 from lavla.model.action_tokenizer import ActionTokenizer, chunk_features
-from lavla.model.action_tokenizer_config import ActionTokenizerConfig, ActionTokenizerQuantizerConfig
+from lavla.model.recipes.action_tokenizer.config import ActionTokenizerConfig, ActionTokenizerQuantizerConfig
 from lavla.model.config import ModelConfig
 from lavla.model.factory import build_model
 from lavla.model.quantizer import EMAVectorQuantizer, find_quantizers
-from lavla.model.recipes.action_tokenizer import ActionTokenizerPolicy, action_mask
+from lavla.model.recipes.action_tokenizer.policy import ActionTokenizerPolicy, action_mask
 from model_test_utils import A, N, random_batch
 
 REPO = Path(__file__).resolve().parents[2]

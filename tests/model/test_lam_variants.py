@@ -17,12 +17,14 @@ from model_test_utils import (
 )
 
 from lavla.data_service.config import DataConfig
-from lavla.model.config import FrameEncoderConfig, LamPretrainConfig, ModelConfig, QuantizerConfig
+from lavla.model.config import FrameEncoderConfig, ModelConfig, QuantizerConfig
+from lavla.model.recipes.lam_pretrain.config import LamPretrainConfig
 from lavla.model.factory import build_model
 from lavla.model.frame_encoder import HFFrameEncoder
 from lavla.model.lam import LatentActions
-from lavla.model.lam_config import LapaLamPretrainConfig, UnivlaLamConfig, UnivlaLamPretrainConfig
-from lavla.model.recipes.lam_pretrain import LamPretrainPolicy
+from lavla.model.recipes.lam_pretrain.config import LapaLamPretrainConfig, UnivlaLamPretrainConfig
+from lavla.model.lam_config import UnivlaLamConfig
+from lavla.model.recipes.lam_pretrain.policy import LamPretrainPolicy
 
 VARIANTS = {
     "moto": lambda: LamPretrainConfig(lam=tiny_lam_config()),

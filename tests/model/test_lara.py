@@ -3,10 +3,12 @@ import pytest
 import torch
 
 from lavla.data_service.config import DataConfig
-from lavla.model.config import LamPretrainConfig, LaraConfig, ModelConfig
+from lavla.model.recipes.lam_pretrain.config import LamPretrainConfig
+from lavla.model.recipes.lara.config import LaraConfig
+from lavla.model.config import ModelConfig
 from lavla.model.factory import build_model
-from lavla.model.recipes.lam_pretrain import LamPretrainPolicy
-from lavla.model.recipes.lara import LaraPolicy
+from lavla.model.recipes.lam_pretrain.policy import LamPretrainPolicy
+from lavla.model.recipes.lara.policy import LaraPolicy
 from model_test_utils import A, N, random_batch, tiny_lam_config, tiny_lara_config, zero3_emulation
 
 

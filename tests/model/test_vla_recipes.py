@@ -10,15 +10,15 @@ import torch
 
 from lavla.data_service.config import DataConfig
 from lavla.model.action_bins import QuantileActionBins
-from lavla.model.action_tokenizer_config import ActionTokenizerConfig
+from lavla.model.recipes.action_tokenizer.config import ActionTokenizerConfig
 from lavla.model.config import BackboneConfig
 from lavla.model.factory import build_model
 from lavla.model.head_config import L1HeadConfig
-from lavla.model.recipes.action_tokenizer import ActionTokenizerPolicy
-from lavla.model.recipes.lapa import LapaPolicy
-from lavla.model.recipes.pixels_to_tokens import CodeAxisPooling, PixelsToTokensPolicy
-from lavla.model.vla_config import (BaselineConfig, LaAlignConfig, LaCondConfig, LaDirectConfig, LapaActionConfig,
-                              LapaLatentConfig, LaTokConfig)
+from lavla.model.recipes.action_tokenizer.policy import ActionTokenizerPolicy
+from lavla.model.recipes.lapa.policy import LapaPolicy
+from lavla.model.recipes.pixels_to_tokens.policy import CodeAxisPooling, PixelsToTokensPolicy
+from lavla.model.recipes.pixels_to_tokens.config import BaselineConfig, LaAlignConfig, LaCondConfig, LaDirectConfig, LaTokConfig
+from lavla.model.recipes.lapa.config import LapaActionConfig, LapaLatentConfig
 from model_test_utils import A, IMAGE, N, P, random_batch, tiny_lam_config, zero3_emulation
 
 DATA = DataConfig(image_size=IMAGE, action_horizon=N, max_action_dim=A, max_proprio_dim=P)

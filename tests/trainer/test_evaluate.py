@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from lavla.data_service.stats import EPS, ArrayStats, DatasetStatistics, Normalizer
+from lavla.model.recipe import Capabilities, Recipe
 from tests.conftest import REPO, read_jsonl, run_deepspeed
 from tests.model.model_test_utils import (
     IMAGE,
@@ -43,7 +44,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _lara() -> torch.nn.Module:
-    from lavla.model.recipes.lara import LaraPolicy
+    from lavla.model.recipes.lara.policy import LaraPolicy
 
     torch.manual_seed(0)
     return LaraPolicy(tiny_lara_config()).train()
@@ -164,7 +165,7 @@ def test_evaluate_scores_latent_tokens_of_lapa_stage2() -> None:
     from lavla.data_service.config import DataConfig
     from lavla.model.config import BackboneConfig
     from lavla.model.factory import build_model
-    from lavla.model.vla_config import LapaLatentConfig
+    from lavla.model.recipes.lapa.config import LapaLatentConfig
 
     cfg = LapaLatentConfig(backbone=BackboneConfig(image_size=IMAGE, patch_size=8, dim=32, depth=2, heads=4))
     cfg.latent.lam = tiny_lam_config()
@@ -317,9 +318,12 @@ def test_a_shorter_prediction_is_scored_on_its_own_steps() -> None:
     """LAPA stage 3 predicts one step of an N-step chunk: only that step is compared."""
     import torch
 
+    from lavla.model.recipe import Capabilities, Recipe
     from lavla.trainer.evaluate import evaluate
 
-    class OneStep(torch.nn.Module):
+    class OneStep(Recipe):
+        capabilities = Capabilities(predicts_actions=True, closed_loop=True)
+
         def forward(self, batch):  # noqa: ANN001, ANN202
             return torch.zeros(()), {}
 
@@ -335,8 +339,10 @@ def test_a_shorter_prediction_is_scored_on_its_own_steps() -> None:
 # --- does the policy use what it is given? ------------------------------------------------------------
 
 
-class _Probe(torch.nn.Module):
+class _Probe(Recipe):
     """A stand-in policy whose actions come from one input, to check each diagnostic sees it."""
+
+    capabilities = Capabilities(predicts_actions=True, closed_loop=True)
 
     def __init__(self, source: str, constant: torch.Tensor | None = None) -> None:
         super().__init__()

@@ -8,13 +8,16 @@ import torch
 from PIL import Image
 from torch import nn
 
+from lavla.model.recipe import Capabilities, Recipe
 from lavla.trainer.config import ProfileConfig
 from lavla.trainer.faults import _parse, maybe_poison_batch
 from lavla.trainer.media import collect_media, has_media, write_pngs
 from lavla.trainer.throughput_report import write_report
 
 
-class WithMedia(nn.Module):
+class WithMedia(Recipe):
+    capabilities = Capabilities(logs_media=True)
+
     def media(self, batch):
         assert not torch.is_grad_enabled()
         self.eval()  # a model may switch modes while rendering; the trainer restores training mode
@@ -25,7 +28,7 @@ class WithMedia(nn.Module):
 
 def test_media_written_as_png(tmp_path):
     m = WithMedia().train()
-    assert has_media(m) and not has_media(nn.Linear(1, 1))
+    assert has_media(m) and not has_media(nn.Linear(1, 1)) and not has_media(Recipe())
     images = collect_media(m, {})
     assert m.training
     (path,) = write_pngs(tmp_path / "media", 20, images)

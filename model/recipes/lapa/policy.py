@@ -26,11 +26,11 @@ from torch import Tensor
 from lavla.data_service.config import DataConfig
 from lavla.data_service.schema import supervision_mask
 from lavla.model.action_bins import QuantileActionBins
-from lavla.model.factory import register_builder, require_equal
 from lavla.model.latent_targets import LatentSource, load_exported_weights
-from lavla.model.recipes.pixels_to_tokens import token_ce
+from lavla.model.recipe import Capabilities, Recipe
+from lavla.model.recipes.lapa.config import LapaConfig
+from lavla.model.recipes.pixels_to_tokens.policy import token_ce
 from lavla.model.vl_backbone import VLBackbone, build_backbone, gather_positions
-from lavla.model.vla_config import LapaActionConfig, LapaConfig, LapaLatentConfig
 
 
 class TokenHead(nn.Module):
@@ -45,7 +45,7 @@ class TokenHead(nn.Module):
         return self.proj(self.norm(x))
 
 
-class LapaPolicy(nn.Module):
+class LapaPolicy(Recipe):
     """forward(batch) -> (loss, metrics); predict_latents (stage 2) / predict_action (stage 3)."""
 
     def __init__(self, cfg: LapaConfig, data: DataConfig, bins: QuantileActionBins | None = None,
@@ -72,6 +72,12 @@ class LapaPolicy(nn.Module):
             self.bins = bins
             self.head = TokenHead(dim, cfg.num_bins)
         self.tokens_per_sample = float(self.num_queries)
+        latent = cfg.stage == "latent"
+        self.capabilities = Capabilities(predicts_actions=not latent, closed_loop=not latent,
+                                         has_lam=self.latent_action_model() is not None, latent_targets=latent)
+
+    def latent_action_model(self) -> nn.Module | None:
+        return self.latent.lam if self.latent is not None else None
 
     def _query_logits(self, batch: dict[str, Any], text_ce: bool = False) -> tuple[Tensor, Tensor | None]:
         out = self.backbone.encode(batch, num_queries=self.num_queries, return_text_ce=text_ce)
@@ -114,6 +120,14 @@ class LapaPolicy(nn.Module):
         return self._query_logits(batch)[0].argmax(-1)
 
     @torch.no_grad()
+    def latent_targets(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """Stage 2: the LAM's code ids [B,S*Q] and their mask."""
+        if self.latent is None:
+            raise ValueError("latent_targets are the stage-2 (lapa_latent) targets")
+        lat = self.latent(batch)
+        return lat.ids.flatten(1).long(), lat.valid[:, :, None].expand_as(lat.ids).flatten(1)
+
+    @torch.no_grad()
     def predict_action(self, batch: dict[str, Any], **_: Any) -> Tensor:
         """Stage 3: normalized actions [B,n,A] (bin centres); padded dims 0."""
         if self.cfg.stage != "action":
@@ -143,18 +157,5 @@ def load_or_fit_bins(cfg: LapaConfig, data: DataConfig) -> QuantileActionBins:
     return bins
 
 
-@register_builder(LapaLatentConfig)
-@register_builder(LapaActionConfig)
-def build_lapa(cfg: LapaConfig, data: DataConfig) -> nn.Module:
-    pairs = []
-    if cfg.backbone.kind == "tiny":
-        pairs.append(("backbone.image_size", cfg.backbone.image_size, "image_size", data.image_size))
-    if cfg.stage == "latent" and cfg.latent.source == "online":
-        pairs.append(("latent.lam.image_size", cfg.latent.lam.image_size, "image_size", data.image_size))
-    require_equal(pairs)
-    if cfg.stage == "latent" and cfg.latent.source == "offline" and not data.latent_labels:
-        raise ValueError("model.latent.source=offline needs data.latent_labels")
-    if cfg.stage == "action" and cfg.action_horizon > data.action_horizon:
-        raise ValueError(f"model.action_horizon={cfg.action_horizon} > data.action_horizon={data.action_horizon}")
-    bins = load_or_fit_bins(cfg, data) if cfg.stage == "action" else None
-    return LapaPolicy(cfg, data, bins)
+def build_lapa(cfg: LapaConfig, data: DataConfig) -> LapaPolicy:
+    return LapaPolicy(cfg, data, load_or_fit_bins(cfg, data) if cfg.stage == "action" else None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lavla.model.config import ModelConfig, QuantizerConfig, _check
+from lavla.model.registry import InputSpec, register_recipe
 
 
 @dataclass
@@ -36,7 +37,7 @@ class ActionTokenizerQuantizerConfig(QuantizerConfig):
     """``codes`` (rank-identical splits; required by the EMA buffer codebook)."""
 
 
-@ModelConfig.register_subclass("action_tokenizer")
+@register_recipe("action_tokenizer", builder="lavla.model.recipes.action_tokenizer.policy:build_action_tokenizer")
 @dataclass
 class ActionTokenizerConfig(ModelConfig):
     """LA-Tok action tokenizer: per-step [action, FFT re, FFT im] -> dilated convs -> transformer ->
@@ -72,6 +73,10 @@ class ActionTokenizerConfig(ModelConfig):
     vq_weight: float = 1.0
     """Weight of the quantizer's loss, which already carries beta (reference: 0.25 x commitment = this
     1.0 x the EMA quantizer's beta-weighted commitment)."""
+
+    def input_spec(self) -> InputSpec:
+        return InputSpec(action_horizon=(("action_horizon", self.action_horizon),),
+                         action_dim=(("action_dim", self.action_dim),))
 
     def __post_init__(self) -> None:
         _check(self.action_horizon >= 1 and self.action_dim >= 1, "model.action_horizon and model.action_dim must be >= 1")

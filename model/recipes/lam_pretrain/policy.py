@@ -15,35 +15,20 @@ import torch.nn as nn
 from torch import Tensor
 
 from lavla.data_service.config import DataConfig
-from lavla.model.config import LamConfig, LamPretrainConfig
-from lavla.model.factory import register_builder, require_equal
-from lavla.model.lam import LatentActionModel, LatentActions
-from lavla.model.lam_config import LapaLamConfig, LapaLamPretrainConfig, UnivlaLamConfig, UnivlaLamPretrainConfig
+from lavla.model.lam import LatentActions, build_lam
 from lavla.model.layers import eval_no_grad
 from lavla.model.media import image_grid, to_uint8_image, usage_histogram_image
 from lavla.model.quantizer import Quantizer
+from lavla.model.recipe import Capabilities, Recipe
+from lavla.model.recipes.lam_pretrain.config import LamPretrainConfig, LapaLamPretrainConfig, UnivlaLamPretrainConfig
 
-AnyLamConfig = Union[LamConfig, LapaLamConfig, UnivlaLamConfig]
 AnyLamPretrainConfig = Union[LamPretrainConfig, LapaLamPretrainConfig, UnivlaLamPretrainConfig]
 
 
-def build_lam(cfg: AnyLamConfig) -> nn.Module:
-    """The LAM for a LAM config (Moto, LAPA or UniVLA style)."""
-    if isinstance(cfg, LapaLamConfig):
-        from lavla.model.lam_lapa import LapaLatentActionModel
-
-        return LapaLatentActionModel(cfg)
-    if isinstance(cfg, UnivlaLamConfig):
-        from lavla.model.lam_univla import UnivlaLatentActionModel
-
-        return UnivlaLatentActionModel(cfg)
-    if isinstance(cfg, LamConfig):
-        return LatentActionModel(cfg)
-    raise TypeError(f"not a LAM config: {type(cfg).__name__}")
-
-
-class LamPretrainPolicy(nn.Module):
+class LamPretrainPolicy(Recipe):
     """forward(batch) -> (loss, metrics); annotate / predict_latents for labelling; media for logging."""
+
+    capabilities = Capabilities(has_lam=True, annotates=True, logs_media=True)
 
     def __init__(self, cfg: AnyLamPretrainConfig) -> None:
         super().__init__()
@@ -53,6 +38,9 @@ class LamPretrainPolicy(nn.Module):
     def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         loss, metrics = self.lam(batch)
         return loss, {"loss/total": loss.detach(), **metrics}
+
+    def latent_action_model(self) -> nn.Module:
+        return self.lam
 
     def annotate(self, x_t: Tensor, x_tH: Tensor) -> LatentActions:
         """Latent actions of uint8 frame pairs in eval mode (no statistics updated). Collective under ZeRO-3."""
@@ -86,9 +74,5 @@ class LamPretrainPolicy(nn.Module):
         }
 
 
-@register_builder(LamPretrainConfig)
-@register_builder(LapaLamPretrainConfig)
-@register_builder(UnivlaLamPretrainConfig)
-def build_lam_pretrain(cfg: LamPretrainConfig | LapaLamPretrainConfig | UnivlaLamPretrainConfig, data: DataConfig) -> nn.Module:
-    require_equal([("lam.image_size", cfg.lam.image_size, "image_size", data.image_size)])
+def build_lam_pretrain(cfg: AnyLamPretrainConfig, data: DataConfig) -> LamPretrainPolicy:
     return LamPretrainPolicy(cfg)

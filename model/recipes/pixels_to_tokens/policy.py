@@ -28,12 +28,12 @@ from torch import Tensor
 
 from lavla.data_service.config import DataConfig
 from lavla.data_service.schema import supervision_mask
-from lavla.model.factory import register_builder, require_equal
 from lavla.model.proprio import policy_proprio
 from lavla.model.l1_head import L1RegressionHead, masked_l1
 from lavla.model.latent_targets import LatentSource, LatentTargets, load_exported_weights
 from lavla.model.vl_backbone import VLBackbone, VLMOutput, build_backbone, gather_positions
-from lavla.model.vla_config import BaselineConfig, FptConfig, LaAlignConfig, LaCondConfig, LaDirectConfig, LaTokConfig
+from lavla.model.recipe import Capabilities, Recipe
+from lavla.model.recipes.pixels_to_tokens.config import FptConfig
 
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
@@ -73,7 +73,7 @@ class AlignProjector(nn.Module):
         return self.net(x)
 
 
-class PixelsToTokensPolicy(nn.Module):
+class PixelsToTokensPolicy(Recipe):
     """forward(batch) -> (loss, metrics); predict_action(batch) -> [B,N,A]; predict_latents(batch) -> ids."""
 
     def __init__(self, cfg: FptConfig, data: DataConfig, backbone: VLBackbone | None = None,
@@ -111,6 +111,12 @@ class PixelsToTokensPolicy(nn.Module):
         if self.num_head_layers > self.backbone.num_layers + 1:
             raise ValueError(f"model.head.num_blocks={cfg.head.num_blocks} reads {self.num_head_layers} backbone hidden "
                              f"states but the backbone has {self.backbone.num_layers + 1}")
+        self.capabilities = Capabilities(predicts_actions=True, closed_loop=True,
+                                         has_lam=self.latent_action_model() is not None,
+                                         latent_targets=self.num_latent_queries > 0)
+
+    def latent_action_model(self) -> nn.Module | None:
+        return self.latent.lam if self.latent is not None else None
 
     @staticmethod
     def _load_tokenizer(cfg: FptConfig, tok: nn.Module | None) -> tuple[nn.Module, int]:
@@ -228,6 +234,10 @@ class PixelsToTokensPolicy(nn.Module):
         return actions
 
     @torch.no_grad()
+    def latent_targets(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        return self._latent_targets(batch, self.latent(batch) if self.latent is not None else None)
+
+    @torch.no_grad()
     def predict_latents(self, batch: dict[str, Any]) -> Tensor:
         """Decoded latent token ids [B,Ql] (index into the latent vocabulary: codes or tokenizer ids)."""
         if not self.num_latent_queries:
@@ -236,22 +246,7 @@ class PixelsToTokensPolicy(nn.Module):
         return logits.argmax(-1)
 
 
-@register_builder(BaselineConfig)
-@register_builder(LaAlignConfig)
-@register_builder(LaDirectConfig)
-@register_builder(LaCondConfig)
-@register_builder(LaTokConfig)
-def build_pixels_to_tokens(cfg: FptConfig, data: DataConfig) -> nn.Module:
-    pairs = [("head.action_horizon", cfg.head.action_horizon, "action_horizon", data.action_horizon),
-             ("head.action_dim", cfg.head.action_dim, "max_action_dim", data.max_action_dim),
-             ("head.proprio_dim", cfg.head.proprio_dim, "max_proprio_dim", data.max_proprio_dim)]
-    if cfg.backbone.kind == "tiny":
-        pairs.append(("backbone.image_size", cfg.backbone.image_size, "image_size", data.image_size))
-    if cfg.strategy in ("la_align", "la_direct", "la_cond") and cfg.latent.source == "online":
-        pairs.append(("latent.lam.image_size", cfg.latent.lam.image_size, "image_size", data.image_size))
-    if cfg.strategy in ("la_align", "la_direct", "la_cond") and cfg.latent.source == "offline" and not data.latent_labels:
-        raise ValueError(f"model.latent.source=offline needs data.latent_labels (the label store of {cfg.strategy}'s targets)")
-    require_equal(pairs)
+def build_pixels_to_tokens(cfg: FptConfig, data: DataConfig) -> PixelsToTokensPolicy:
     return PixelsToTokensPolicy(cfg, data)
 
 

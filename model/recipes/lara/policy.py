@@ -19,16 +19,18 @@ from torch import Tensor
 
 from lavla.data_service.config import DataConfig
 from lavla.data_service.schema import supervision_mask
-from lavla.model.config import LaraConfig
-from lavla.model.factory import register_builder, require_equal
+from lavla.model.recipe import Capabilities, Recipe
+from lavla.model.recipes.lara.config import LaraConfig
 from lavla.model.flow_head import FlowMatchingHead
 from lavla.model.lam import LatentActionModel
 from lavla.model.proprio import policy_proprio
 from lavla.model.vl_backbone import VLBackbone, build_backbone
 
 
-class LaraPolicy(nn.Module):
+class LaraPolicy(Recipe):
     """forward(batch) -> (loss, metrics); predict_action(batch) -> actions [B,N,A]."""
+
+    capabilities = Capabilities(predicts_actions=True, closed_loop=True, has_lam=True)
 
     def __init__(self, cfg: LaraConfig, backbone: VLBackbone | None = None, lam: LatentActionModel | None = None) -> None:
         super().__init__()
@@ -46,6 +48,9 @@ class LaraPolicy(nn.Module):
         if not self.cfg.lam_trainable:
             self.lam.eval()  # a frozen LAM keeps its codebook statistics and eval behaviour
         return self
+
+    def latent_action_model(self) -> nn.Module:
+        return self.lam
 
     def vl_tokens(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         """The backbone's tokens at ``vl_layer`` (GR00T: the VLM truncated at layer 12) and their mask."""
@@ -91,13 +96,5 @@ class LaraPolicy(nn.Module):
         return actions
 
 
-@register_builder(LaraConfig)
-def build_lara(cfg: LaraConfig, data: DataConfig) -> nn.Module:
-    require_equal([
-        *([("backbone.image_size", cfg.backbone.image_size, "image_size", data.image_size)] if cfg.backbone.kind == "tiny" else []),
-        ("lam.image_size", cfg.lam.image_size, "image_size", data.image_size),
-        ("head.action_horizon", cfg.head.action_horizon, "action_horizon", data.action_horizon),
-        ("head.action_dim", cfg.head.action_dim, "max_action_dim", data.max_action_dim),
-        ("head.proprio_dim", cfg.head.proprio_dim, "max_proprio_dim", data.max_proprio_dim),
-    ])
+def build_lara(cfg: LaraConfig, data: DataConfig) -> LaraPolicy:
     return LaraPolicy(cfg)

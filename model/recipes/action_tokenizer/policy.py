@@ -12,22 +12,24 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn as nn
 from torch import Tensor
 
 from lavla.data_service.config import DataConfig
 from lavla.data_service.schema import supervision_mask
 from lavla.model.action_tokenizer import ActionTokenizer
-from lavla.model.action_tokenizer_config import ActionTokenizerConfig
-from lavla.model.factory import register_builder, require_equal
+from lavla.model.recipe import Capabilities, Recipe
+from lavla.model.recipes.action_tokenizer.config import ActionTokenizerConfig
 
 
 action_mask = supervision_mask
 """[B,N,A] bool: the action entries the tokenizer is trained on (the schema's supervision mask)."""
 
 
-class ActionTokenizerPolicy(nn.Module):
+class ActionTokenizerPolicy(Recipe):
     """forward(batch) -> (loss, metrics); tokenize(batch) -> ids [B,N]; reconstruct(batch) -> [B,N,A]."""
+
+    # predict_action reconstructs the batch's own actions: scored offline, never rolled out.
+    capabilities = Capabilities(predicts_actions=True)
 
     def __init__(self, cfg: ActionTokenizerConfig) -> None:
         super().__init__()
@@ -73,10 +75,5 @@ class ActionTokenizerPolicy(nn.Module):
         return self.reconstruct(batch)
 
 
-@register_builder(ActionTokenizerConfig)
-def build_action_tokenizer(cfg: ActionTokenizerConfig, data: DataConfig) -> nn.Module:
-    require_equal([
-        ("action_horizon", cfg.action_horizon, "action_horizon", data.action_horizon),
-        ("action_dim", cfg.action_dim, "max_action_dim", data.max_action_dim),
-    ])
+def build_action_tokenizer(cfg: ActionTokenizerConfig, data: DataConfig) -> ActionTokenizerPolicy:
     return ActionTokenizerPolicy(cfg)

@@ -1,0 +1,1 @@
+"""The action tokenizer LA-Tok's VLA predicts (config.py, policy.py)."""

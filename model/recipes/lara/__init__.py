@@ -1,0 +1,1 @@
+"""LARA: joint LAM + flow-matching DiT action head (config.py, policy.py)."""
