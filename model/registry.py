@@ -1,10 +1,12 @@
 """One registry of recipes: the config class, its ``type:`` name and its builder, registered together.
 
 A recipe lives in one folder, ``lavla/model/recipes/<name>/``: ``config.py`` (torch-free) declares
-the config class with ``@register_recipe("<type>", builder="<module>:<function>")``, and the
+the config class with ``@register_recipe("<type>", builder="<module>:<callable>")``, and the
 builder's module holds the :class:`lavla.model.recipe.Recipe`. Every ``recipes/*/config.py`` is
 imported when ``lavla.model.config`` is, so a new folder is all the config loader needs; the builder
-module (torch) is imported only when a model is built.
+module (torch) is imported only when a model is built. Folders outside the installed package (your
+own recipes, without a fork) are found through ``LAVLA_RECIPE_PATH``: directories, separated by
+``os.pathsep``, whose sub-folders are recipe folders; they import as ``lavla.model.recipes.<name>``.
 
 The config's ``input_spec()`` says which batch shapes the model consumes (``InputSpec``); the
 factory checks it against the data config once, for every recipe.
@@ -13,8 +15,10 @@ factory checks it against the data config once, for every recipe.
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 Stated = tuple[tuple[str, int], ...]
@@ -96,10 +100,23 @@ def entry_for(config: Any) -> RecipeEntry:
     raise ValueError(f"no recipe registered for {type(config).__name__}; known: {', '.join(sorted(RECIPES))}")
 
 
+RECIPE_PATH_ENV = "LAVLA_RECIPE_PATH"
+"""Environment variable: extra directories of recipe folders (``os.pathsep``-separated)."""
+
+
 def discover_recipes() -> None:
-    """Import ``lavla.model.recipes.<folder>.config`` for every recipe folder (registers them)."""
+    """Import ``lavla.model.recipes.<folder>.config`` for every recipe folder, the installed ones and
+    those under ``LAVLA_RECIPE_PATH`` (registers them). Idempotent."""
     import lavla.model.recipes as pkg
 
+    for entry in filter(None, os.environ.get(RECIPE_PATH_ENV, "").split(os.pathsep)):
+        d = Path(entry).resolve()
+        if not d.is_dir():
+            raise FileNotFoundError(f"{RECIPE_PATH_ENV}: {entry} is not a directory of recipe folders")
+        if str(d) not in pkg.__path__:
+            pkg.__path__.append(str(d))
     for info in pkgutil.iter_modules(pkg.__path__):
         if info.ispkg:
+            if not (Path(info.module_finder.path) / info.name / "config.py").is_file():  # type: ignore[union-attr]
+                raise FileNotFoundError(f"recipe folder {Path(info.module_finder.path) / info.name} has no config.py")  # type: ignore[union-attr]
             importlib.import_module(f"{pkg.__name__}.{info.name}.config")

@@ -15,8 +15,8 @@ from lavla.model.config import BackboneConfig
 from lavla.model.factory import build_model
 from lavla.model.head_config import L1HeadConfig
 from lavla.model.recipes.action_tokenizer.policy import ActionTokenizerPolicy
-from lavla.model.recipes.lapa.policy import LapaPolicy
-from lavla.model.recipes.pixels_to_tokens.policy import CodeAxisPooling, PixelsToTokensPolicy
+from lavla.model.recipes.lapa.policy import LapaActionPolicy
+from lavla.model.recipes.pixels_to_tokens.policy import CodeAxisPooling, LaDirectPolicy, LaTokPolicy
 from lavla.model.recipes.pixels_to_tokens.config import BaselineConfig, LaAlignConfig, LaCondConfig, LaDirectConfig, LaTokConfig
 from lavla.model.recipes.lapa.config import LapaActionConfig, LapaLatentConfig
 from model_test_utils import A, IMAGE, N, P, random_batch, tiny_lam_config, zero3_emulation
@@ -140,7 +140,7 @@ def test_offline_labels_give_one_latent_step_per_action_step() -> None:
     cfg = _cfg(LaDirectConfig)
     cfg.latent.source, cfg.latent.codes_per_step, cfg.latent.num_codes, cfg.latent.code_dim = "offline", 2, 6, 5
     torch.manual_seed(0)
-    model = PixelsToTokensPolicy(cfg, DATA)
+    model = LaDirectPolicy(cfg, DATA)
     assert model.latent is not None and model.latent.lam is None
     assert model.num_latent_queries == N * 2
     batch = _offline_batch(4, 2, 5, 6)
@@ -160,7 +160,7 @@ def test_la_tok_predicts_the_tokenizers_codes() -> None:
     tok_cfg = ActionTokenizerConfig()
     tok_cfg.action_horizon, tok_cfg.action_dim = N, A
     tokenizer = ActionTokenizerPolicy(tok_cfg)
-    model = PixelsToTokensPolicy(_cfg(LaTokConfig), DATA, tokenizer=tokenizer)
+    model = LaTokPolicy(_cfg(LaTokConfig), DATA, tokenizer=tokenizer)
     assert model.num_latent_queries == N and len(model.latent_token_ids) == tokenizer.num_codes
     assert model.backbone.added_tokens[0] == "<LA_0>"
     assert not any(p.requires_grad for p in model.tokenizer.parameters())
@@ -173,7 +173,7 @@ def test_la_tok_predicts_the_tokenizers_codes() -> None:
     assert history[-1]["loss/latent_ce"] < history[0]["loss/latent_ce"]
     assert all(torch.equal(before[k], v) for k, v in model.tokenizer.state_dict().items())  # frozen, EMA included
     with pytest.raises(ValueError, match="tokenizer_init"):
-        PixelsToTokensPolicy(_cfg(LaTokConfig), DATA)
+        LaTokPolicy(_cfg(LaTokConfig), DATA)
 
 
 def test_lapa_latent_adds_the_weighted_text_lm_loss() -> None:
@@ -207,7 +207,7 @@ def test_lapa_action_bins_each_dimension_and_debins_predictions() -> None:
     assert int(bins.num_valid[-1]) == 2
     cfg = _cfg(LapaActionConfig, num_bins=16, action_horizon=2)
     torch.manual_seed(0)
-    model = LapaPolicy(cfg, DATA, bins=bins)
+    model = LapaActionPolicy(cfg, DATA, bins=bins)
     assert model.num_queries == 2 * A
     batch = random_batch(8)
     batch["action"][..., -1] = (batch["action"][..., -1] > 0).float()

@@ -51,7 +51,7 @@ class LapaConfig(ModelConfig):
                "model.text_loss_weight applies to lapa_latent only (LAPA's action finetuning uses action CE alone)")
 
 
-@register_recipe("lapa_latent", builder="lavla.model.recipes.lapa.policy:build_lapa")
+@register_recipe("lapa_latent", builder="lavla.model.recipes.lapa.policy:LapaLatentPolicy")
 @dataclass
 class LapaLatentConfig(LapaConfig):
     """LAPA stage 2, latent pretraining: the VLM predicts the LAM's tokens, no robot actions needed."""
@@ -62,7 +62,7 @@ class LapaLatentConfig(LapaConfig):
     """w in (1 - w) * latent CE + w * text CE (LAPA: 0.99 / 0.01)."""
 
 
-@register_recipe("lapa_action", builder="lavla.model.recipes.lapa.policy:build_lapa")
+@register_recipe("lapa_action", builder="lavla.model.recipes.lapa.policy:build_lapa_action")
 @dataclass
 class LapaActionConfig(LapaConfig):
     """LAPA stage 3, action finetuning: a new head predicts per-dimension quantile-bin action tokens."""

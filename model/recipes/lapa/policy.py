@@ -46,10 +46,10 @@ class TokenHead(nn.Module):
 
 
 class LapaPolicy(Recipe):
-    """forward(batch) -> (loss, metrics); predict_latents (stage 2) / predict_action (stage 3)."""
+    """The shared part of both stages: the backbone (optionally from an export) and a token head on
+    placeholder queries. ``LapaLatentPolicy`` and ``LapaActionPolicy`` are the stages."""
 
-    def __init__(self, cfg: LapaConfig, data: DataConfig, bins: QuantileActionBins | None = None,
-                 backbone: VLBackbone | None = None) -> None:
+    def __init__(self, cfg: LapaConfig, data: DataConfig, backbone: VLBackbone | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.backbone = backbone or build_backbone(cfg.backbone)
@@ -57,31 +57,70 @@ class LapaPolicy(Recipe):
             self.backbone.horizon = data.action_horizon  # the HF prompt names the chunk length
         if cfg.init_from:
             load_exported_weights(self.backbone, cfg.init_from, "backbone.", "model.init_from")
-        dim = self.backbone.dim
-        if cfg.stage == "latent":
-            self.latent = LatentSource(cfg.latent)
-            self.num_queries = self.latent.steps(data.action_horizon) * self.latent.codes_per_step
-            self.head = TokenHead(dim, self.latent.num_codes)
-            self.bins = None
-        else:
-            if bins is None:
-                raise ValueError("lapa_action needs fitted action bins")
-            self.latent = None
-            self.horizon, self.action_dim = cfg.action_horizon, data.max_action_dim
-            self.num_queries = self.horizon * self.action_dim
-            self.bins = bins
-            self.head = TokenHead(dim, cfg.num_bins)
-        self.tokens_per_sample = float(self.num_queries)
-        latent = cfg.stage == "latent"
-        self.capabilities = Capabilities(predicts_actions=not latent, closed_loop=not latent,
-                                         has_lam=self.latent_action_model() is not None, latent_targets=latent)
-
-    def latent_action_model(self) -> nn.Module | None:
-        return self.latent.lam if self.latent is not None else None
 
     def _query_logits(self, batch: dict[str, Any], text_ce: bool = False) -> tuple[Tensor, Tensor | None]:
         out = self.backbone.encode(batch, num_queries=self.num_queries, return_text_ce=text_ce)
         return self.head(gather_positions(out.hidden_states[-1], out.query_index)), out.text_ce
+
+
+class LapaLatentPolicy(LapaPolicy):
+    """Stage 2 (``lapa_latent``): S x Q queries predict the LAM's codes; no robot actions needed."""
+
+    capabilities = Capabilities(latent_targets=True)
+
+    def __init__(self, cfg: LapaConfig, data: DataConfig, backbone: VLBackbone | None = None) -> None:
+        super().__init__(cfg, data, backbone)
+        self.latent = LatentSource(cfg.latent)
+        self.num_queries = self.latent.steps(data.action_horizon) * self.latent.codes_per_step
+        self.head = TokenHead(self.backbone.dim, self.latent.num_codes)
+        self.tokens_per_sample = float(self.num_queries)
+        self.capabilities = Capabilities(latent_targets=True, has_lam=self.latent.lam is not None)
+
+    def latent_action_model(self) -> nn.Module | None:
+        return self.latent.lam
+
+    def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        w = self.cfg.text_loss_weight
+        logits, text_ce = self._query_logits(batch, text_ce=w > 0)
+        lat = self.latent(batch)
+        mask = lat.valid[:, :, None].expand_as(lat.ids).flatten(1)
+        latent_ce, acc = token_ce(logits, lat.ids.flatten(1), mask)
+        metrics = {"loss/latent_ce": latent_ce.detach(), "latent/acc": acc, **lat.metrics}
+        ce = latent_ce
+        if text_ce is not None:
+            ce = (1.0 - w) * latent_ce + w * text_ce
+            metrics["loss/text_ce"] = text_ce.detach()
+        metrics["loss/total"] = ce.detach()
+        return ce, metrics
+
+    @torch.no_grad()
+    def latent_targets(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """The LAM's code ids [B,S*Q] and their mask."""
+        lat = self.latent(batch)
+        return lat.ids.flatten(1).long(), lat.valid[:, :, None].expand_as(lat.ids).flatten(1)
+
+    @torch.no_grad()
+    def predict_latents(self, batch: dict[str, Any]) -> Tensor:
+        """Predicted code ids [B,S*Q]."""
+        return self._query_logits(batch)[0].argmax(-1)
+
+
+class LapaActionPolicy(LapaPolicy):
+    """Stage 3 (``lapa_action``): ``action_horizon`` x A queries, each predicting a quantile bin of its
+    action dimension; predict_action de-bins the argmax to bin centres."""
+
+    capabilities = Capabilities(predicts_actions=True, closed_loop=True)
+
+    def __init__(self, cfg: LapaConfig, data: DataConfig, bins: QuantileActionBins | None = None,
+                 backbone: VLBackbone | None = None) -> None:
+        super().__init__(cfg, data, backbone)
+        if bins is None:
+            raise ValueError("lapa_action needs fitted action bins")
+        self.horizon, self.action_dim = cfg.action_horizon, data.max_action_dim
+        self.num_queries = self.horizon * self.action_dim
+        self.bins = bins
+        self.head = TokenHead(self.backbone.dim, cfg.num_bins)
+        self.tokens_per_sample = float(self.num_queries)
 
     def _bin_logits(self, logits: Tensor) -> Tensor:
         """[B,n*A,bins] -> [B,n,A,bins] with each dimension's dropped (duplicate) bins masked out."""
@@ -91,47 +130,18 @@ class LapaPolicy(Recipe):
         return logits.masked_fill(~real, torch.finfo(logits.dtype).min)
 
     def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
-        w = self.cfg.text_loss_weight
-        logits, text_ce = self._query_logits(batch, text_ce=w > 0)
-        if self.cfg.stage == "latent":
-            lat = self.latent(batch)
-            mask = lat.valid[:, :, None].expand_as(lat.ids).flatten(1)
-            latent_ce, acc = token_ce(logits, lat.ids.flatten(1), mask)
-            metrics = {"loss/latent_ce": latent_ce.detach(), "latent/acc": acc, **lat.metrics}
-            ce = latent_ce
-            if text_ce is not None:
-                ce = (1.0 - w) * latent_ce + w * text_ce
-                metrics["loss/text_ce"] = text_ce.detach()
-        else:
-            n = self.horizon
-            targets = self.bins.encode(batch["action"][:, :n])  # [B,n,A]
-            mask = supervision_mask(batch)[:, :n]
-            ce, acc = token_ce(self._bin_logits(logits), targets, mask)
-            metrics = {"loss/action_ce": ce.detach(), "action/bin_acc": acc,
-                       "action/supervised_frac": batch["has_action"].float().mean().detach()}
-        metrics["loss/total"] = ce.detach()
+        logits, _ = self._query_logits(batch)
+        n = self.horizon
+        targets = self.bins.encode(batch["action"][:, :n])  # [B,n,A]
+        mask = supervision_mask(batch)[:, :n]
+        ce, acc = token_ce(self._bin_logits(logits), targets, mask)
+        metrics = {"loss/action_ce": ce.detach(), "action/bin_acc": acc,
+                   "action/supervised_frac": batch["has_action"].float().mean().detach(), "loss/total": ce.detach()}
         return ce, metrics
 
     @torch.no_grad()
-    def predict_latents(self, batch: dict[str, Any]) -> Tensor:
-        """Stage 2: predicted code ids [B,S*Q]."""
-        if self.cfg.stage != "latent":
-            raise ValueError("predict_latents is the stage-2 (lapa_latent) output")
-        return self._query_logits(batch)[0].argmax(-1)
-
-    @torch.no_grad()
-    def latent_targets(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
-        """Stage 2: the LAM's code ids [B,S*Q] and their mask."""
-        if self.latent is None:
-            raise ValueError("latent_targets are the stage-2 (lapa_latent) targets")
-        lat = self.latent(batch)
-        return lat.ids.flatten(1).long(), lat.valid[:, :, None].expand_as(lat.ids).flatten(1)
-
-    @torch.no_grad()
     def predict_action(self, batch: dict[str, Any], **_: Any) -> Tensor:
-        """Stage 3: normalized actions [B,n,A] (bin centres); padded dims 0."""
-        if self.cfg.stage != "action":
-            raise ValueError("predict_action needs the stage-3 (lapa_action) model")
+        """Normalized actions [B,n,A] (bin centres); padded dims 0."""
         actions = self.bins.decode(self._bin_logits(self._query_logits(batch)[0]).argmax(-1))
         if "action_dim_mask" in batch:
             actions = actions * batch["action_dim_mask"].to(actions.dtype)[:, None, :]
@@ -157,5 +167,5 @@ def load_or_fit_bins(cfg: LapaConfig, data: DataConfig) -> QuantileActionBins:
     return bins
 
 
-def build_lapa(cfg: LapaConfig, data: DataConfig) -> LapaPolicy:
-    return LapaPolicy(cfg, data, load_or_fit_bins(cfg, data) if cfg.stage == "action" else None)
+def build_lapa_action(cfg: LapaConfig, data: DataConfig) -> LapaActionPolicy:
+    return LapaActionPolicy(cfg, data, load_or_fit_bins(cfg, data))

@@ -8,6 +8,7 @@ Defaults are tiny CPU sizes on the tiny backbone; the reference values (Qwen3-VL
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from lavla.model.config import BackboneConfig, LatentTargetConfig, ModelConfig, _check
 from lavla.model.head_config import L1HeadConfig
@@ -23,6 +24,9 @@ class FptConfig(ModelConfig):
     Prompt: [images, instruction, latent queries (S*Q, S*1 for la_tok), action queries]; the head reads
     the last ``head.num_blocks + 1`` VLM hidden states at the task tokens and its query states.
     """
+
+    lam_latents: ClassVar[bool] = False
+    """The strategy's targets are LAM latents (``latent``: an online LAM or the offline label store)."""
 
     strategy: str = "baseline"
     """One of baseline, la_align, la_direct, la_cond, la_tok (set by the registered subclass)."""
@@ -58,7 +62,7 @@ class FptConfig(ModelConfig):
     """la_tok: codebook size of the action tokenizer; 0 = read from its export."""
 
     def input_spec(self) -> InputSpec:
-        latent = self.strategy in ("la_align", "la_direct", "la_cond")
+        latent = self.lam_latents
         online = latent and self.latent.source == "online"
         return InputSpec(
             image_size=((("backbone.image_size", self.backbone.image_size),) if self.backbone.kind == "tiny" else ())
@@ -77,7 +81,7 @@ class FptConfig(ModelConfig):
                "model.align_target=continuous needs latent.source=online (the label store holds quantized codes)")
 
 
-@register_recipe("baseline", builder="lavla.model.recipes.pixels_to_tokens.policy:build_pixels_to_tokens")
+@register_recipe("baseline", builder="lavla.model.recipes.pixels_to_tokens.policy:BaselinePolicy")
 @dataclass
 class BaselineConfig(FptConfig):
     """Pixels-to-Tokens baseline: VLM + L1 head, no latent supervision."""
@@ -88,34 +92,40 @@ class BaselineConfig(FptConfig):
     """FPT: 41 placeholders, the last 40 = 8 steps x 5 feed the head."""
 
 
-@register_recipe("la_align", builder="lavla.model.recipes.pixels_to_tokens.policy:build_pixels_to_tokens")
+@register_recipe("la_align", builder="lavla.model.recipes.pixels_to_tokens.policy:LaAlignPolicy")
 @dataclass
 class LaAlignConfig(FptConfig):
     """LA-Align: cosine between projected VLM query states and the LAM's latent embeddings."""
+
+    lam_latents: ClassVar[bool] = True
 
     strategy: str = "la_align"
     """Fixed."""
 
 
-@register_recipe("la_direct", builder="lavla.model.recipes.pixels_to_tokens.policy:build_pixels_to_tokens")
+@register_recipe("la_direct", builder="lavla.model.recipes.pixels_to_tokens.policy:LaDirectPolicy")
 @dataclass
 class LaDirectConfig(FptConfig):
     """LA-Direct: latent tokens added to the vocabulary and decoded at the latent queries (CE)."""
+
+    lam_latents: ClassVar[bool] = True
 
     strategy: str = "la_direct"
     """Fixed."""
 
 
-@register_recipe("la_cond", builder="lavla.model.recipes.pixels_to_tokens.policy:build_pixels_to_tokens")
+@register_recipe("la_cond", builder="lavla.model.recipes.pixels_to_tokens.policy:LaCondPolicy")
 @dataclass
 class LaCondConfig(FptConfig):
     """LA-Cond: latent tokens decoded first (CE); the head reads latent and action queries together."""
+
+    lam_latents: ClassVar[bool] = True
 
     strategy: str = "la_cond"
     """Fixed."""
 
 
-@register_recipe("la_tok", builder="lavla.model.recipes.pixels_to_tokens.policy:build_pixels_to_tokens")
+@register_recipe("la_tok", builder="lavla.model.recipes.pixels_to_tokens.policy:LaTokPolicy")
 @dataclass
 class LaTokConfig(FptConfig):
     """LA-Tok: the VLM predicts the action tokenizer's per-step codes (CE) besides regressing actions."""

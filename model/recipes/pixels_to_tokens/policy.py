@@ -74,71 +74,69 @@ class AlignProjector(nn.Module):
 
 
 class PixelsToTokensPolicy(Recipe):
-    """forward(batch) -> (loss, metrics); predict_action(batch) -> [B,N,A]; predict_latents(batch) -> ids."""
+    """The shared model: prompt, backbone, L1 head and action loss. Each strategy is a subclass that
+    adds its latent pieces through the hooks below; this base alone is no strategy (``BaselinePolicy`` is).
+
+    forward(batch) -> (loss, metrics); predict_action(batch) -> [B,N,A]; predict_latents(batch) -> ids.
+    """
+
+    decodes_latent_tokens = False
+    """The strategy decodes latent tokens from its latent queries (cross-entropy, ``predict_latents``)."""
 
     def __init__(self, cfg: FptConfig, data: DataConfig, backbone: VLBackbone | None = None,
                  tokenizer: nn.Module | None = None) -> None:
         super().__init__()
-        self.cfg, s = cfg, cfg.strategy
+        self.cfg = cfg
         self.horizon, self.action_dim = data.action_horizon, data.max_action_dim
         self.backbone = backbone or build_backbone(cfg.backbone)
         if hasattr(self.backbone, "horizon"):
             self.backbone.horizon = self.horizon  # the HF prompt names the chunk length
         dim = self.backbone.dim
 
-        self.latent: LatentSource | None = LatentSource(cfg.latent) if s in ("la_align", "la_direct", "la_cond") else None
+        self.latent: LatentSource | None = self._latent_source(cfg)
         self.tokenizer: nn.Module | None = None
         self.latent_steps = self.latent.steps(self.horizon) if self.latent is not None else 0
-        codes_per_step = self.latent.codes_per_step if self.latent is not None else 0
-        if s in ("la_direct", "la_cond"):
-            self.num_latent_queries, num_codes, prefix = self.latent_steps * codes_per_step, self.latent.num_codes, "ACT"
-        elif s == "la_tok":
-            self.tokenizer, num_codes = self._load_tokenizer(cfg, tokenizer)
-            self.num_latent_queries, prefix = self.horizon, "LA"
-        else:
-            self.num_latent_queries, num_codes, prefix = 0, 0, ""
+        self.num_latent_queries, num_codes, prefix = self._latent_vocabulary(cfg, tokenizer)
         self.num_action_queries = self.horizon * cfg.action_queries_per_step
         # New vocabulary rows for the latent tokens (kept in the state dict: a buffer, not a python list).
         ids = self.backbone.add_tokens([f"<{prefix}_{i}>" for i in range(num_codes)]) if num_codes else []
         self.register_buffer("latent_token_ids", torch.tensor(ids, dtype=torch.long), persistent=True)
 
-        self.pool = CodeAxisPooling(dim) if s == "la_direct" else None
-        self.align_proj = AlignProjector(dim, cfg.align_hidden, self.latent.code_dim) if s == "la_align" else None
-        head_latent = {"la_direct": self.latent_steps, "la_cond": self.num_latent_queries,
-                       "la_tok": self.num_latent_queries}.get(s, 0)
-        self.head = L1RegressionHead(cfg.head, dim, self.num_action_queries, num_latent_queries=head_latent)
+        self.pool: CodeAxisPooling | None = None
+        self.align_proj: AlignProjector | None = None
+        self._strategy_modules(cfg, dim)
+        self.head = L1RegressionHead(cfg.head, dim, self.num_action_queries, num_latent_queries=self._head_latent_queries())
         self.num_head_layers = cfg.head.num_blocks + 1
         if self.num_head_layers > self.backbone.num_layers + 1:
             raise ValueError(f"model.head.num_blocks={cfg.head.num_blocks} reads {self.num_head_layers} backbone hidden "
                              f"states but the backbone has {self.backbone.num_layers + 1}")
         self.capabilities = Capabilities(predicts_actions=True, closed_loop=True,
                                          has_lam=self.latent_action_model() is not None,
-                                         latent_targets=self.num_latent_queries > 0)
+                                         latent_targets=self.decodes_latent_tokens)
+
+    # -- what a strategy adds (hooks; called in this order by __init__) ----------------------------
+    def _latent_source(self, cfg: FptConfig) -> LatentSource | None:
+        """The LAM / label store the strategy's latent targets come from."""
+        return None
+
+    def _latent_vocabulary(self, cfg: FptConfig, tokenizer: nn.Module | None) -> tuple[int, int, str]:
+        """(latent queries in the prompt, latent tokens added to the vocabulary, their name prefix)."""
+        return 0, 0, ""
+
+    def _strategy_modules(self, cfg: FptConfig, dim: int) -> None:
+        """Create the strategy's own modules (before the head: the parameter order is the init order)."""
+
+    def _head_latent_queries(self) -> int:
+        """Latent query states the L1 head reads besides the action queries."""
+        return 0
+
+    def _strategy_loss(self, out: VLMOutput, batch: dict[str, Any], lat: LatentTargets | None,
+                       total: Tensor, metrics: dict[str, Tensor]) -> Tensor:
+        """Add the strategy's loss terms to ``total`` (and their metrics); the baseline adds none."""
+        return total
 
     def latent_action_model(self) -> nn.Module | None:
         return self.latent.lam if self.latent is not None else None
-
-    @staticmethod
-    def _load_tokenizer(cfg: FptConfig, tok: nn.Module | None) -> tuple[nn.Module, int]:
-        if tok is None and not cfg.tokenizer_init:
-            raise ValueError("la_tok needs model.tokenizer_init: the export directory of an action tokenizer trained "
-                             "with configs/action_tokenizer.yaml (python -m lavla.launcher.export_policy)")
-        from lavla.model.policy_io import load_policy
-
-        if tok is None:
-            tok = load_policy(cfg.tokenizer_init).module
-        if not hasattr(tok, "tokenize"):
-            raise ValueError(f"model.tokenizer_init={cfg.tokenizer_init} is a {type(tok).__name__}, not an action tokenizer")
-        tok.requires_grad_(False)
-        tok.eval()
-        num_codes = cfg.tokenizer_codes or int(tok.num_codes)
-        return tok, num_codes
-
-    def train(self, mode: bool = True) -> "PixelsToTokensPolicy":
-        super().train(mode)
-        if self.tokenizer is not None:
-            self.tokenizer.eval()  # frozen: its EMA codebook must not move
-        return self
 
     # -- shared pieces -------------------------------------------------------------------------
     def _encode(self, batch: dict[str, Any], logits: bool) -> VLMOutput:
@@ -164,51 +162,58 @@ class PixelsToTokensPolicy(Recipe):
         proprio = policy_proprio(batch, dropout=self.cfg.proprio_dropout, training=self.training)
         return self.head(layers, out.task_mask, queries, proprio)
 
-    def _latent_logits(self, out: VLMOutput) -> Tensor:
-        logits = out.query_logits[:, : self.num_latent_queries]
-        return logits[..., self.latent_token_ids] if self.cfg.latent_logits == "latent" else logits
-
-    def _latent_targets(self, batch: dict[str, Any], lat: LatentTargets | None) -> tuple[Tensor, Tensor]:
-        """Token targets [B,Ql] (index into the latent vocabulary) and their mask."""
-        if self.cfg.strategy == "la_tok":
-            with torch.no_grad():
-                ids = self.tokenizer.tokenize(batch)  # [B,N]
-            mask = batch["action_valid"].bool() & batch["has_action"].bool()[:, None]
-            return ids.long(), mask
-        assert lat is not None
-        ids = lat.ids.flatten(1)  # [B,S*Q], step-major as the queries
-        mask = lat.valid[:, :, None].expand_as(lat.ids).flatten(1)
-        return ids, mask
-
     # -- training ------------------------------------------------------------------------------
     def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
-        cfg, s = self.cfg, self.cfg.strategy
         lat = self.latent(batch) if self.latent is not None else None
-        out = self._encode(batch, logits=s in ("la_direct", "la_cond", "la_tok"))
+        out = self._encode(batch, logits=self.decodes_latent_tokens)
         pred = self._actions(out, batch)
         action_loss = masked_l1(pred, batch["action"], supervision_mask(batch))
-        total = action_loss
         metrics: dict[str, Tensor] = {"loss/action_l1": action_loss.detach(),
                                       "action/supervised_frac": batch["has_action"].float().mean().detach()}
-        if s == "la_align":
-            align, cos = self._align_loss(out, lat)
-            total = total + cfg.align_weight * align
-            metrics.update({"loss/align": align.detach(), "align/cos": cos})
-        if s in ("la_direct", "la_cond", "la_tok"):
-            targets, mask = self._latent_targets(batch, lat)
-            logits = self._latent_logits(out)
-            if cfg.latent_logits == "full":
-                targets = self.latent_token_ids[targets]
-            ce, acc = token_ce(logits, targets, mask)
-            total = total + cfg.token_loss_weight * ce
-            metrics.update({"loss/latent_ce": ce.detach(), "latent/acc": acc})
+        total = self._strategy_loss(out, batch, lat, action_loss, metrics)
         if lat is not None:
             if self.cfg.latent.lam_trainable:
-                total = total + cfg.latent.lam_weight * lat.lam_loss
+                total = total + self.cfg.latent.lam_weight * lat.lam_loss
                 metrics["loss/lam"] = lat.lam_loss.detach()
             metrics.update(lat.metrics)
         metrics["loss/total"] = total.detach()
         return total, metrics
+
+    # -- inference -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_action(self, batch: dict[str, Any], **_: Any) -> Tensor:
+        """Normalized action chunk [B,N,A]; padded dims (``action_dim_mask`` False, if given) are 0."""
+        out = self._encode(batch, logits=False)
+        actions = self._actions(out, batch)
+        if "action_dim_mask" in batch:
+            actions = actions * batch["action_dim_mask"].to(actions.dtype)[:, None, :]
+        return actions
+
+
+class BaselinePolicy(PixelsToTokensPolicy):
+    """``baseline``: N x ``action_queries_per_step`` action queries, action L1 only."""
+
+
+class _OnlineOrOfflineLatents(PixelsToTokensPolicy):
+    """Strategies whose targets are LAM latents (online LAM or offline label store)."""
+
+    def _latent_source(self, cfg: FptConfig) -> LatentSource | None:
+        return LatentSource(cfg.latent)
+
+
+class LaAlignPolicy(_OnlineOrOfflineLatents):
+    """``la_align``: the action queries' states at ``align_layer`` are projected and pulled to the
+    step's latent embedding (mean over its Q codes): 1 - cos."""
+
+    def _strategy_modules(self, cfg: FptConfig, dim: int) -> None:
+        assert self.latent is not None
+        self.align_proj = AlignProjector(dim, cfg.align_hidden, self.latent.code_dim)
+
+    def _strategy_loss(self, out: VLMOutput, batch: dict[str, Any], lat: LatentTargets | None,
+                       total: Tensor, metrics: dict[str, Tensor]) -> Tensor:
+        align, cos = self._align_loss(out, lat)
+        metrics.update({"loss/align": align.detach(), "align/cos": cos})
+        return total + self.cfg.align_weight * align
 
     def _align_loss(self, out: VLMOutput, lat: LatentTargets | None) -> tuple[Tensor, Tensor]:
         """1 - cos(proj(query states at align_layer), the step's latent embedding averaged over its codes)."""
@@ -223,15 +228,32 @@ class PixelsToTokensPolicy(Recipe):
         cos = F.cosine_similarity(self.align_proj(h).float(), target.float(), dim=-1)  # [B,N]
         return masked_mean(1.0 - cos, valid), masked_mean(cos, valid).detach()
 
-    # -- inference -----------------------------------------------------------------------------
-    @torch.no_grad()
-    def predict_action(self, batch: dict[str, Any], **_: Any) -> Tensor:
-        """Normalized action chunk [B,N,A]; padded dims (``action_dim_mask`` False, if given) are 0."""
-        out = self._encode(batch, logits=False)
-        actions = self._actions(out, batch)
-        if "action_dim_mask" in batch:
-            actions = actions * batch["action_dim_mask"].to(actions.dtype)[:, None, :]
-        return actions
+
+class _LatentTokenDecoding(PixelsToTokensPolicy):
+    """Strategies that decode latent tokens from latent queries (cross-entropy, weight ``token_loss_weight``)."""
+
+    decodes_latent_tokens = True
+
+    def _latent_logits(self, out: VLMOutput) -> Tensor:
+        logits = out.query_logits[:, : self.num_latent_queries]
+        return logits[..., self.latent_token_ids] if self.cfg.latent_logits == "latent" else logits
+
+    def _latent_targets(self, batch: dict[str, Any], lat: LatentTargets | None) -> tuple[Tensor, Tensor]:
+        """Token targets [B,Ql] (index into the latent vocabulary) and their mask."""
+        assert lat is not None
+        ids = lat.ids.flatten(1)  # [B,S*Q], step-major as the queries
+        mask = lat.valid[:, :, None].expand_as(lat.ids).flatten(1)
+        return ids, mask
+
+    def _strategy_loss(self, out: VLMOutput, batch: dict[str, Any], lat: LatentTargets | None,
+                       total: Tensor, metrics: dict[str, Tensor]) -> Tensor:
+        targets, mask = self._latent_targets(batch, lat)
+        logits = self._latent_logits(out)
+        if self.cfg.latent_logits == "full":
+            targets = self.latent_token_ids[targets]
+        ce, acc = token_ce(logits, targets, mask)
+        metrics.update({"loss/latent_ce": ce.detach(), "latent/acc": acc})
+        return total + self.cfg.token_loss_weight * ce
 
     @torch.no_grad()
     def latent_targets(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
@@ -240,14 +262,75 @@ class PixelsToTokensPolicy(Recipe):
     @torch.no_grad()
     def predict_latents(self, batch: dict[str, Any]) -> Tensor:
         """Decoded latent token ids [B,Ql] (index into the latent vocabulary: codes or tokenizer ids)."""
-        if not self.num_latent_queries:
-            raise ValueError(f"{self.cfg.strategy} decodes no latent tokens")
         logits = self._encode(batch, logits=True).query_logits[:, : self.num_latent_queries][..., self.latent_token_ids]
         return logits.argmax(-1)
 
 
-def build_pixels_to_tokens(cfg: FptConfig, data: DataConfig) -> PixelsToTokensPolicy:
-    return PixelsToTokensPolicy(cfg, data)
+class _LamTokenDecoding(_LatentTokenDecoding, _OnlineOrOfflineLatents):
+    """S x Q latent queries decode the LAM's codes as ``<ACT_k>`` tokens."""
+
+    def _latent_vocabulary(self, cfg: FptConfig, tokenizer: nn.Module | None) -> tuple[int, int, str]:
+        assert self.latent is not None
+        return self.latent_steps * self.latent.codes_per_step, self.latent.num_codes, "ACT"
 
 
-__all__ = ["PixelsToTokensPolicy", "build_pixels_to_tokens", "load_exported_weights"]
+class LaDirectPolicy(_LamTokenDecoding):
+    """``la_direct``: each step's Q latent query states are attention-pooled over the code axis (the
+    reference pools over the step axis by mistake) and join the action queries as head inputs."""
+
+    def _strategy_modules(self, cfg: FptConfig, dim: int) -> None:
+        self.pool = CodeAxisPooling(dim)
+
+    def _head_latent_queries(self) -> int:
+        return self.latent_steps
+
+
+class LaCondPolicy(_LamTokenDecoding):
+    """``la_cond``: latent tokens decoded first; the head reads latent and action queries as they are."""
+
+    def _head_latent_queries(self) -> int:
+        return self.num_latent_queries
+
+
+class LaTokPolicy(_LatentTokenDecoding):
+    """``la_tok``: N latent queries decode the frozen action tokenizer's per-step codes ``<LA_k>``; the
+    head reads latent and action queries."""
+
+    def _latent_vocabulary(self, cfg: FptConfig, tokenizer: nn.Module | None) -> tuple[int, int, str]:
+        self.tokenizer, num_codes = self._load_tokenizer(cfg, tokenizer)
+        return self.horizon, num_codes, "LA"
+
+    def _head_latent_queries(self) -> int:
+        return self.num_latent_queries
+
+    @staticmethod
+    def _load_tokenizer(cfg: FptConfig, tok: nn.Module | None) -> tuple[nn.Module, int]:
+        if tok is None and not cfg.tokenizer_init:
+            raise ValueError("la_tok needs model.tokenizer_init: the export directory of an action tokenizer trained "
+                             "with configs/action_tokenizer.yaml (python -m lavla.launcher.export_policy)")
+        from lavla.model.policy_io import load_policy
+
+        if tok is None:
+            tok = load_policy(cfg.tokenizer_init).module
+        if not hasattr(tok, "tokenize"):
+            raise ValueError(f"model.tokenizer_init={cfg.tokenizer_init} is a {type(tok).__name__}, not an action tokenizer")
+        tok.requires_grad_(False)
+        tok.eval()
+        num_codes = cfg.tokenizer_codes or int(tok.num_codes)
+        return tok, num_codes
+
+    def train(self, mode: bool = True) -> "LaTokPolicy":
+        super().train(mode)
+        if self.tokenizer is not None:
+            self.tokenizer.eval()  # frozen: its EMA codebook must not move
+        return self
+
+    def _latent_targets(self, batch: dict[str, Any], lat: LatentTargets | None) -> tuple[Tensor, Tensor]:
+        with torch.no_grad():
+            ids = self.tokenizer.tokenize(batch)  # [B,N]
+        mask = batch["action_valid"].bool() & batch["has_action"].bool()[:, None]
+        return ids.long(), mask
+
+
+__all__ = ["BaselinePolicy", "LaAlignPolicy", "LaCondPolicy", "LaDirectPolicy", "LaTokPolicy", "PixelsToTokensPolicy",
+           "load_exported_weights"]
