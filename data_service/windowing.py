@@ -84,34 +84,47 @@ def make_sample(episode: StandardEpisode, t: int, source: EpisodeSource, normali
 
     primary = image(episode.image_primary, t, spec.bgr, spec.image_primary_key)
     future = image(episode.image_primary, min(t + H, T - 1), spec.bgr, spec.image_primary_key)
-    if episode.image_wrist is not None:
-        wrist, has_wrist = image(episode.image_wrist, t, spec.bgr_wrist, spec.image_wrist_key), True
-    else:
-        wrist, has_wrist = np.zeros((3, size, size), np.uint8), False
+    wrist = image(episode.image_wrist, t, spec.bgr_wrist, spec.image_wrist_key) if episode.image_wrist is not None else None
 
     absolute = np.asarray(spec.action_absolute_mask, bool)
     # Normalize the real steps, then pad: padded relative dims are 0 in model space.
     norm_action = normalizer.normalize(episode.action, "action")
     chunk, valid = action_chunk(norm_action, t, data_cfg.action_horizon, absolute)
-    action, action_mask = _pad(chunk, data_cfg.max_action_dim, "action", episode.dataset)
-    proprio_raw = normalizer.normalize(episode.proprio[t], "proprio")
-    proprio, proprio_mask = _pad(proprio_raw, data_cfg.max_proprio_dim, "proprio", episode.dataset)
-    if not np.isfinite(action).all():  # statistics themselves can be broken (e.g. a stale cache)
+    if not np.isfinite(chunk).all():  # statistics themselves can be broken (e.g. a stale cache)
         raise DataError("normalized action is not finite", file=episode.file, episode=episode.episode, field="action")
+    return assemble_sample(primary=primary, future=future, wrist=wrist,
+                           proprio=normalizer.normalize(episode.proprio[t], "proprio"), action=chunk, action_valid=valid,
+                           language=episode.language, embodiment_id=spec.embodiment_id, data_cfg=data_cfg,
+                           dataset=episode.dataset)
 
+
+def assemble_sample(*, primary: np.ndarray, future: np.ndarray, wrist: np.ndarray | None, proprio: np.ndarray,
+                    action: np.ndarray, action_valid: np.ndarray, language: str, embodiment_id: int,
+                    data_cfg: DataConfig, dataset: str) -> Sample:
+    """The one layout of a model input, for training (``make_sample``) and for acting
+    (``data_service.observation.observation_batch``): decoded uint8 [3,S,S] frames, a zero wrist frame
+    (``has_wrist`` False) where there is none, and the normalized proprio [p] and action chunk [N,a]
+    padded to ``data.max_proprio_dim`` / ``max_action_dim`` with their masks.
+    ``sample_id``/``dataset_id`` are -1: the caller fills them."""
+    size = data_cfg.image_size
+    has_wrist = wrist is not None
+    if wrist is None:
+        wrist = np.zeros((3, size, size), np.uint8)
+    padded_action, action_mask = _pad(np.asarray(action, np.float32), data_cfg.max_action_dim, "action", dataset)
+    padded_proprio, proprio_mask = _pad(np.asarray(proprio, np.float32), data_cfg.max_proprio_dim, "proprio", dataset)
     return {
         "sample_id": np.asarray(-1, np.int64),
         "image_primary": primary,
         "image_future": future,
         "image_wrist": wrist,
         "has_wrist": np.asarray(has_wrist),
-        "proprio": proprio,
+        "proprio": padded_proprio,
         "proprio_dim_mask": proprio_mask,
-        "action": action,
-        "action_valid": valid,
+        "action": padded_action,
+        "action_valid": np.asarray(action_valid, bool),
         "action_dim_mask": action_mask,
         "has_action": np.asarray(True),
-        "embodiment_id": np.asarray(spec.embodiment_id, np.int64),
+        "embodiment_id": np.asarray(embodiment_id, np.int64),
         "dataset_id": np.asarray(-1, np.int64),
-        "language": episode.language,
+        "language": language,
     }

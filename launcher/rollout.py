@@ -15,7 +15,7 @@ over the dataset's normalized range on the same scenes, per task) and every epis
 (``data_service.sim_env.rollout``); a per-task table of both goes to stderr.
 
 Each step, the observation becomes a one-sample batch in the ``data_service.schema`` layout exactly
-as the training pipeline builds one (:func:`observation_batch`): frames go through the dataset's
+as the training pipeline builds one (``data_service.observation.observation_batch``): frames go through the dataset's
 codec (the wrist camera is stored as JPEG) and are decoded at ``data.image_size``; the raw proprio is
 normalized with the policy's statistics and padded; ``embodiment_id`` comes from the registry entry
 and ``dataset_id`` is the dataset's index in the training mixture. The normalized chunk
@@ -40,78 +40,9 @@ from typing import Any
 
 import numpy as np
 
+from lavla.data_service.observation import dataset_ids, observation_batch
+
 log = logging.getLogger("rollout")
-
-
-def _as_trained(image: np.ndarray, encoding: str | None, size: int) -> np.ndarray:
-    """uint8 [3,h,w] frame -> uint8 [3,size,size] as the data pipeline delivers it: encoded the way
-    the dataset stores that camera (``png``/``jpeg``; None: no codec) and decoded + resized by
-    ``data_service.decode.decode_image``."""
-    from lavla.data_service.decode import decode_image
-    from lavla.data_service.rlds_writer import encode_image
-
-    hwc = np.ascontiguousarray(np.asarray(image, np.uint8).transpose(1, 2, 0))
-    if encoding is None:
-        encoding = "png"  # lossless: only the resize applies
-    return decode_image(encode_image(hwc, encoding), size)
-
-
-def dataset_ids(policy: Any, dataset_name: str) -> tuple[int, int]:
-    """``(dataset_id, embodiment_id)`` the training pipeline gave samples of ``dataset_name``:
-    its index in ``data.datasets`` and its registry entry's embodiment."""
-    names = [entry.name for entry in policy.data_cfg.datasets]
-    if dataset_name not in names:
-        raise KeyError(f"the policy was not trained on {dataset_name!r} (its mixture: {', '.join(names)})")
-    facts = policy.meta.get("normalization", {}).get("datasets", {}).get(dataset_name)
-    if facts is not None and "embodiment_id" in facts:
-        embodiment = int(facts["embodiment_id"])
-    else:
-        from lavla.data_service.inline_spec import spec_for_entry
-
-        embodiment = int(spec_for_entry(policy.data_cfg.datasets[names.index(dataset_name)]).embodiment_id)
-    return names.index(dataset_name), embodiment
-
-
-def observation_batch(obs: dict[str, Any], policy: Any, dataset_name: str, *,
-                      image_encodings: dict[str, str] | None = None) -> dict[str, Any]:
-    """One env observation -> a batch of one sample in the ``data_service.schema`` layout (torch
-    tensors, ``language`` a list), as ``data_service.windowing.make_sample`` + the reader build a
-    training sample at the first step of an episode window (``has_action`` True, every chunk step
-    valid, zero action targets: the policy predicts them). ``image_future`` repeats the current
-    frame (the future is unknown; inference does not read it)."""
-    import torch
-
-    cfg = policy.data_cfg
-    size, N, A = cfg.image_size, cfg.action_horizon, cfg.max_action_dim
-    enc = dict(image_encodings or {})
-    primary = _as_trained(obs["image_primary"], enc.get("image_primary"), size)
-    if obs.get("image_wrist") is not None:
-        wrist, has_wrist = _as_trained(obs["image_wrist"], enc.get("image_wrist"), size), True
-    else:
-        wrist, has_wrist = np.zeros((3, size, size), np.uint8), False
-    raw_proprio = np.asarray(obs["proprio"], np.float32)
-    proprio = policy.normalize_proprio(raw_proprio, dataset_name)
-    proprio_mask = np.arange(cfg.max_proprio_dim) < raw_proprio.shape[-1]
-    action_mask = np.arange(A) < policy.action_dim(dataset_name)
-    dataset_id, embodiment_id = dataset_ids(policy, dataset_name)
-    sample = {
-        "sample_id": np.int64(0),
-        "image_primary": primary,
-        "image_future": primary.copy(),
-        "image_wrist": wrist,
-        "has_wrist": np.bool_(has_wrist),
-        "proprio": proprio,
-        "proprio_dim_mask": proprio_mask,
-        "action": np.zeros((N, A), np.float32),
-        "action_valid": np.ones(N, bool),
-        "action_dim_mask": action_mask,
-        "has_action": np.bool_(True),
-        "embodiment_id": np.int64(embodiment_id),
-        "dataset_id": np.int64(dataset_id),
-    }
-    batch: dict[str, Any] = {k: torch.from_numpy(np.ascontiguousarray(np.asarray(v)[None])) for k, v in sample.items()}
-    batch["language"] = [str(obs.get("language", ""))]
-    return batch
 
 
 class PolicyRunner:

@@ -387,7 +387,7 @@ def test_observation_batch_matches_the_training_pipeline(synthetic_dir: Path) ->
 
     from lavla.data_service.stats import Normalizer
     from lavla.data_service.windowing import make_sample
-    from lavla.launcher.rollout import observation_batch
+    from lavla.data_service.observation import observation_batch
     from lavla.model.policy_io import LoadedPolicy
 
     cfg = DataConfig(datasets=[DatasetEntry(path=str(synthetic_dir))], image_size=40, action_horizon=4)
