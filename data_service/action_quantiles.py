@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from lavla.data_service.config import DataConfig
 from lavla.data_service.errors import DataError
-from lavla.data_service.plan import keyed_permutation
+from lavla.data_service.sampling.plan import keyed_permutation
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def _pick(n: int, m: int, *key: int) -> np.ndarray:
 
 def _robot_sources(data_cfg: DataConfig) -> list[tuple[int, Any]]:
     """(mixture position, opened source) of every dataset with actions."""
-    from lavla.data_service.inline_spec import spec_for_entry
+    from lavla.data_service.datasets.inline_spec import spec_for_entry
     from lavla.data_service.sources import open_source
 
     out = []
@@ -90,7 +90,7 @@ def sample_actions(data_cfg: DataConfig, max_samples: int = 100_000, seed: int =
     """Normalized, padded actions ``[M, A]`` of sampled robot transitions and their ``[M, A]``
     validity (see the module doc). Deterministic given ``seed``."""
     from lavla.data_service.stats import Normalizer
-    from lavla.data_service.windowing import _pad
+    from lavla.data_service.sampling.windowing import _pad
 
     if max_samples < 1:
         raise ValueError(f"max_samples must be >= 1, got {max_samples}")

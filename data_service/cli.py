@@ -61,7 +61,7 @@ def recipe_config(recipe: str, entry: dict[str, Any], summary: dict[str, Any], n
 
 
 def cmd_inspect(a: argparse.Namespace) -> int:
-    from lavla.data_service.inspect_dataset import inspect_path
+    from lavla.data_service.datasets.inspect_dataset import inspect_path
 
     try:
         found = inspect_path(a.path, fps=a.fps, name=a.name, primary=a.primary, wrist=a.wrist)
@@ -73,7 +73,7 @@ def cmd_inspect(a: argparse.Namespace) -> int:
     for k, v in found.summary.items():
         print(f"#   {k}: {v}")
     if found.trainable:
-        from lavla.data_service.inline_spec import spec_from_mapping
+        from lavla.data_service.datasets.inline_spec import spec_from_mapping
 
         try:  # what the trainer will do with it: validate now, not at launch
             spec_from_mapping(found.name, found.spec or {}, where=f"inferred spec of {found.path}")

@@ -21,9 +21,9 @@ class DatasetEntry:
     annotations: str = ""
     """Video datasets: annotation file (SSv2 JSON or ``path,instruction`` CSV); empty finds it under ``path``."""
     frame_cache: str = ""
-    """Video datasets: zarr frame cache from ``python -m lavla.data_service.prepare``; empty uses ``<path>/frames.zarr`` if present."""
+    """Video datasets: zarr frame cache from ``python -m lavla.data_service.video.prepare``; empty uses ``<path>/frames.zarr`` if present."""
     spec: dict[str, Any] = field(default_factory=dict)
-    """Inline dataset spec (the fields of ``data_service.dataset_spec.DatasetSpec``, without ``name``) for a
+    """Inline dataset spec (the fields of ``data_service.datasets.dataset_spec.DatasetSpec``, without ``name``) for a
     dataset the registry does not know; ``lavla-data inspect`` writes it. Empty = the registry's spec of ``name``."""
 
 
@@ -109,7 +109,7 @@ class DataConfig:
     share it. Empty: derived from the run's rendezvous and the plan, so runs never share one."""
     actor_lifetime: str = "job"
     """``job``: decoders die with the trainer; ``detached``: they outlive it (a long-lived service,
-    removed with ``python -m lavla.data_service.ray_service --shutdown NAME``)."""
+    removed with ``python -m lavla.data_service.service.ray_service --shutdown NAME``)."""
     worker_cpus: float = 1.0
     """CPUs Ray reserves per decoder actor."""
     max_request_retries: int = 5

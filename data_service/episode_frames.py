@@ -34,7 +34,7 @@ class EpisodeFrames:
 def read_episode_frames(source: Any, index: int, data_cfg: Any) -> EpisodeFrames:
     """Decode every primary frame of episode ``index`` once, at ``data_cfg.image_size``."""
     from lavla.data_service.decode import decode_image
-    from lavla.data_service.windowing import lam_stride
+    from lavla.data_service.sampling.windowing import lam_stride
 
     ep = source.read_episode(index)
     size = data_cfg.image_size

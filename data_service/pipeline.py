@@ -17,8 +17,8 @@ import numpy as np
 
 from lavla.data_service.config import DataConfig
 from lavla.data_service.data_stats import DataStats
-from lavla.data_service.loader import ClientBase, DataClient, SampleReader, build_plan_datasets
-from lavla.data_service.plan import SamplePlan
+from lavla.data_service.sampling.loader import ClientBase, DataClient, SampleReader, build_plan_datasets
+from lavla.data_service.sampling.plan import SamplePlan
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,10 @@ def lam_stride(source: Any, cfg: DataConfig) -> int:
 
 def build_data(cfg: DataConfig, *, rank: int, world_size: int, micro_batch_size: int, grad_accum: int,
                is_local_leader: bool, barrier: Callable[[], None]) -> DataBundle:
-    from lavla.data_service.inline_spec import spec_for_entry
+    from lavla.data_service.datasets.inline_spec import spec_for_entry
     from lavla.data_service.sources import open_source
     from lavla.data_service.stats import Normalizer
-    from lavla.data_service.windowing import make_sample, valid_timesteps
+    from lavla.data_service.sampling.windowing import make_sample, valid_timesteps
 
     if cfg.synthetic.enabled:
         if is_local_leader:
@@ -60,7 +60,7 @@ def build_data(cfg: DataConfig, *, rank: int, world_size: int, micro_batch_size:
 
     specs = [spec_for_entry(entry, i) for i, entry in enumerate(cfg.datasets)]  # bad inline specs fail here
     if any(spec.is_video for spec in specs):
-        import lavla.data_service.video  # noqa: F401  registers the video opener (the [video] extra)
+        import lavla.data_service.video.source  # noqa: F401  registers the video opener (the [video] extra)
     sources = [open_source(entry, cfg, i) for i, entry in enumerate(cfg.datasets)]
     # Statistics passes run once per node; the others read the JSON cache afterwards.
     if is_local_leader:
@@ -75,7 +75,7 @@ def build_data(cfg: DataConfig, *, rank: int, world_size: int, micro_batch_size:
         windows.append(np.array([len(valid_timesteps(int(n), H, cfg)) for n in s.episode_lengths], dtype=np.int64))
     latents = None
     if cfg.latent_labels:  # opened (and checked against the mixture) once, before any decoder starts
-        from lavla.data_service.latent_labels import LatentLabels
+        from lavla.data_service.latents.labels import LatentLabels
 
         latents = LatentLabels.open(cfg, sources)
     plan = SamplePlan(build_plan_datasets(sources, [e.weight for e in cfg.datasets], windows),
@@ -84,7 +84,7 @@ def build_data(cfg: DataConfig, *, rank: int, world_size: int, micro_batch_size:
     log.info("data plan %s: %s", plan.fingerprint, mix)
     client: ClientBase
     if cfg.num_workers > 0:
-        from lavla.data_service.ray_service import build_ray_client  # Ray is an optional extra
+        from lavla.data_service.service.ray_service import build_ray_client  # Ray is an optional extra
 
         client = build_ray_client(plan, sources, normalizers, cfg, make_sample, rank=rank, world_size=world_size,
                                   micro_batch_size=micro_batch_size, grad_accum=grad_accum,

@@ -28,7 +28,7 @@ has_latent          bool   [B]          the store labels this dataset (False: ze
 ==================  ==================  =====================================================
 
 The four ``latent_*``/``has_latent`` keys are present only when ``data.latent_labels`` names a
-latent-label store (``data_service.latent_store``, written by ``launcher/annotate_latents.py``);
+latent-label store (``data_service.latents.store``, written by ``launcher/annotate_latents.py``);
 Q and D are the store's tokens per step and embedding width. They are read for the same step
 indices as the action chunk, from the sample's (dataset, episode, t) identity, for robot and
 human-video datasets alike (a clip's episode is its index in the split). A dataset the store has

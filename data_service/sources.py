@@ -20,10 +20,10 @@ import numpy as np
 from lavla.data_service.cache import stable_hash
 from lavla.data_service.config import DataConfig, DatasetEntry
 from lavla.data_service.errors import DataError
-from lavla.data_service.inline_spec import spec_for_entry
-from lavla.data_service.registry import DatasetSpec
-from lavla.data_service.rlds import RawEpisode, RLDSDataset
-from lavla.data_service.standardize import StandardEpisode, standardize
+from lavla.data_service.datasets.inline_spec import spec_for_entry
+from lavla.data_service.datasets.registry import DatasetSpec
+from lavla.data_service.formats.rlds import RawEpisode, RLDSDataset
+from lavla.data_service.datasets.standardize import StandardEpisode, standardize
 from lavla.data_service.stats import DatasetStatistics, cached_statistics, compute_statistics
 
 log = logging.getLogger(__name__)
@@ -134,9 +134,9 @@ def open_source(entry: DatasetEntry, data_cfg: DataConfig, index: int | None = N
     spec = spec_for_entry(entry, index)
     kind = "video" if spec.is_video else "lerobot" if (Path(entry.path) / "meta" / "info.json").is_file() else "rlds"
     if kind == "video" and kind not in _OPENERS:
-        import lavla.data_service.video  # noqa: F401  (registers the video opener; keeps PyAV off the RLDS path)
+        import lavla.data_service.video.source  # noqa: F401  (registers the video opener; keeps PyAV off the RLDS path)
     if kind == "lerobot" and kind not in _OPENERS:
-        import lavla.data_service.lerobot  # noqa: F401  (registers the LeRobot opener)
+        import lavla.data_service.formats.lerobot  # noqa: F401  (registers the LeRobot opener)
     if kind not in _OPENERS:
         raise NotImplementedError(f"{entry.name}: no opener registered for {kind!r} sources")
     if not Path(entry.path).exists():

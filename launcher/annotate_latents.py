@@ -5,7 +5,7 @@
 For every episode and every step t the LAM encodes the pair (x_t, x_{min(t+H, T-1)}) (H: the
 dataset's LAM stride, or ``--stride``) and the job writes token ids ``[T, Q]`` and embeddings
 ``[T, Q, D]`` (the quantized code vectors, or with ``--embedding continuous`` the pre-quantization
-latent LARA aligns to) under (dataset, episode) in ``data_service.latent_store``.
+latent LARA aligns to) under (dataset, episode) in ``data_service.latents.store``.
 
 ``--data`` is a YAML recipe (its ``data.datasets`` mixture) or one dataset directory
 (``.../<name>/<version>``; ``--dataset-name`` if the registry name differs from ``<name>``).
@@ -73,7 +73,7 @@ def _check_store_compatible(path: Path, splits: dict[str, str], embedding: str) 
     """Episodes are keyed by their index within a split, so one store holds one split per dataset."""
     if not (path / "zarr.json").exists():
         return
-    from lavla.data_service.latent_store import LatentStore
+    from lavla.data_service.latents.store import LatentStore
 
     meta = LatentStore(path).metadata
     clash = {n: (meta["splits"][n], s) for n, s in splits.items() if n in meta.get("splits", {}) and meta["splits"][n] != s}
@@ -95,7 +95,7 @@ def iter_episodes(sources: list[Any], num_shards: int, shard_index: int) -> Iter
 
 
 def run(args: argparse.Namespace) -> dict[str, int]:
-    from lavla.data_service.latent_store import LatentStoreWriter
+    from lavla.data_service.latents.store import LatentStoreWriter
     from lavla.data_service.sources import open_source
     from lavla.model.recipe import capabilities_of
     from lavla.trainer.export import load_checkpoint_model

@@ -99,7 +99,7 @@ def _check_resources(ray: Any, workers: int, cpus: float, gpus: int, data_cpus: 
 
 
 def runtime_env() -> dict[str, Any]:
-    from lavla.data_service.ray_cluster import worker_runtime_env
+    from lavla.data_service.service.ray_cluster import worker_runtime_env
 
     env = worker_runtime_env()
     env.setdefault("env_vars", {}).update({k: v for k, v in os.environ.items()
@@ -205,14 +205,14 @@ def run_job(a: argparse.Namespace, overrides: Sequence[str]) -> int:
         result = trainer.fit()
     finally:
         if service:
-            from lavla.data_service.ray_service import shutdown_service
+            from lavla.data_service.service.ray_service import shutdown_service
 
             try:
                 killed = shutdown_service(ray, service, cfg.data.ray_namespace)
                 print(f"[ray_job] removed the {killed} decoder(s) of data service {service!r}", flush=True)
             except Exception as e:  # never hide the job's own outcome
                 print(f"[ray_job] could not remove data service {service!r} ({e}); remove it with: python -m "
-                      f"lavla.data_service.ray_service --address {a.address} --shutdown {service}", file=sys.stderr)
+                      f"lavla.data_service.service.ray_service --address {a.address} --shutdown {service}", file=sys.stderr)
         ray.shutdown()
     if result.error is not None:
         print(f"[ray_job] training failed: {result.error}", file=sys.stderr)

@@ -3,19 +3,19 @@
     python -m lavla.launcher.rollout --policy EXPORT_DIR [--episodes 50] [--execute-steps 1] [--seed 0]
     lavla-rollout --env libero --suite libero_goal --policy EXPORT_DIR --episodes 50 --videos 3 --out result.json
 
-With ``--env libero`` the episodes walk the suite's tasks and init states (``data_service.libero_env``)
+With ``--env libero`` the episodes walk the suite's tasks and init states (``data_service.envs.libero_env``)
 and the policy must have been trained on that suite's dataset (``libero_goal_no_noops``, ...).
 ``--videos K`` writes the first K episodes' primary camera as mp4 next to ``--out``.
 
 Loads the policy with ``model.policy_io.load_policy`` (no DeepSpeed), runs ``--episodes`` episodes
-of ``data_service.sim_env.SyntheticWorldEnv`` (scenes ``seed .. seed + episodes - 1`` of the
+of ``data_service.envs.sim_env.SyntheticWorldEnv`` (scenes ``seed .. seed + episodes - 1`` of the
 held-out ``eval`` stream by default) and prints one JSON object: success rate, mean steps,
 per-task and per-instruction success with Wilson 95% intervals, the random floor (uniform actions
 over the dataset's normalized range on the same scenes, per task) and every episode's outcome
-(``data_service.sim_env.rollout``); a per-task table of both goes to stderr.
+(``data_service.envs.sim_env.rollout``); a per-task table of both goes to stderr.
 
 Each step, the observation becomes a one-sample batch in the ``data_service.schema`` layout exactly
-as the training pipeline builds one (``data_service.observation.observation_batch``): frames go through the dataset's
+as the training pipeline builds one (``data_service.sampling.observation.observation_batch``): frames go through the dataset's
 codec (the wrist camera is stored as JPEG) and are decoded at ``data.image_size``; the raw proprio is
 normalized with the policy's statistics and padded; ``embodiment_id`` comes from the registry entry
 and ``dataset_id`` is the dataset's index in the training mixture. The normalized chunk
@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from lavla.data_service.observation import dataset_ids, observation_batch
+from lavla.data_service.sampling.observation import dataset_ids, observation_batch
 
 log = logging.getLogger("rollout")
 
@@ -141,7 +141,7 @@ class RecordingEnv:
         obs, reward, done, info = self.env.step(action)
         self._keep(obs)
         if done and self.left > 0:
-            from lavla.data_service.video_io import write_video
+            from lavla.data_service.video.codec import write_video
 
             self.out_dir.mkdir(parents=True, exist_ok=True)
             path = self.out_dir / f"episode_{self.seed:04d}_{'success' if info.get('success') else 'failure'}.mp4"
@@ -155,11 +155,11 @@ class RecordingEnv:
 def make_env(a: argparse.Namespace, policy: Any) -> Any:
     """The env ``--env`` names, configured from the policy's training config and the arguments."""
     if a.env == "libero":
-        from lavla.data_service.libero_env import LiberoEnv
+        from lavla.data_service.envs.libero_env import LiberoEnv
 
         tasks = [int(t) for t in a.libero_tasks.split(",")] if a.libero_tasks else None
         return LiberoEnv(a.suite, tasks=tasks, max_steps=a.max_steps)
-    from lavla.data_service.sim_env import SyntheticWorldEnv
+    from lavla.data_service.envs.sim_env import SyntheticWorldEnv
     from lavla.data_service.synthetic import WorldOptions
 
     syn = policy.data_cfg.synthetic
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --episodes, --execute-steps and --max-steps must be >= 1", file=sys.stderr)
         return 2
 
-    from lavla.data_service.sim_env import rollout
+    from lavla.data_service.envs.sim_env import rollout
     from lavla.model.policy_io import PolicyLoadError, load_policy
     from lavla.model.recipe import capabilities_of
 

@@ -466,7 +466,7 @@ def fmt_pooled(counts: list[int] | None) -> str:
     """``k/n = p% [lo, hi]``: successes pooled over seeds with their Wilson 95% interval."""
     if not counts or counts[1] <= 0:
         return "–"
-    from lavla.data_service.sim_env import wilson_interval
+    from lavla.data_service.envs.sim_env import wilson_interval
 
     k, n = counts
     lo, hi = wilson_interval(k, n)

@@ -240,11 +240,11 @@ class LoadedPolicy:
         if info is not None:
             mask = info["action_absolute_mask"]
         else:  # an export without the facts: the entry's inline spec or the registry's
-            from lavla.data_service.inline_spec import spec_for_entry
+            from lavla.data_service.datasets.inline_spec import spec_for_entry
 
             entry = next((e for e in self.data_cfg.datasets if e.name == dataset_name), None)
             if entry is None:
-                from lavla.data_service.registry import get_spec
+                from lavla.data_service.datasets.registry import get_spec
 
                 mask = get_spec(dataset_name).action_absolute_mask
             else:

@@ -45,7 +45,7 @@ def test_lam_recipe_trains_through_the_trainer(lam_run):
 
 def test_annotation_job_writes_every_step_and_resumes(lam_run, tmp_path):
     from lavla.data_service.config import DatasetEntry
-    from lavla.data_service.latent_store import LatentStore
+    from lavla.data_service.latents.store import LatentStore
     from lavla.data_service.sources import open_source
     from lavla.data_service.episode_frames import read_episode_frames
     from lavla.launcher.annotate_latents import main

@@ -17,7 +17,7 @@ def _probe(r2: list[float | None]) -> dict:
 
 
 def _rollout(ok: int, floor_ok: int, n: int = 50, task: str = "move") -> dict:
-    from lavla.data_service.sim_env import wilson_interval
+    from lavla.data_service.envs.sim_env import wilson_interval
 
     def rate(k: int) -> dict:
         return {"episodes": n, "successes": k, "success_rate": k / n, "ci95": list(wilson_interval(k, n))}

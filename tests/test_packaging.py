@@ -80,7 +80,7 @@ def test_installed_distribution_has_one_top_level_name(tmp_path: Path) -> None:
     assert top == {"lavla", f"{DIST.replace('-', '_')}-{importlib.metadata.version(DIST)}.dist-info"}, top
     assert "lavla/__init__.py" not in names  # an implicit namespace: other distributions may add to it
     for f in ("lavla/kernels/codebook.py", "lavla/model/recipes/lara/policy.py", "lavla/model/recipes/lara/config.py", "lavla/launcher/templates/sbatch.sh",
-              "lavla/trainer/loop.py", "lavla/data_service/plan.py"):
+              "lavla/trainer/loop.py", "lavla/data_service/sampling/plan.py"):
         assert f in names, f
 
 

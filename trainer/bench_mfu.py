@@ -38,63 +38,31 @@ if __name__ == "__main__":
 
 import torch
 
-MOTO_LAM = [
-    # Moto's latent motion tokenizer (LARA's LAM): a frozen ViT-MAE-Large-sized encoder at 224 px /
-    # patch 16, M-Former 768 x 4 over 8 queries and both frames' tokens, 8 x 32 latent, 128
-    # straight-through codes, a 12-layer ViT decoder over x_t's patches that re-renders x_{t+H}.
-    "--model.lam.image_size=224", "--model.lam.patch_size=16", "--model.lam.encoder.dim=1024",
-    "--model.lam.encoder.depth=24", "--model.lam.encoder.heads=16", "--model.lam.encoder.frozen=true",
-    "--model.lam.dim=768", "--model.lam.depth=4", "--model.lam.heads=12", "--model.lam.num_queries=8",
-    "--model.lam.mformer_target=frame", "--model.lam.latent_dim=32", "--model.lam.quantizer.kind=st",
-    "--model.lam.quantizer.num_codes=128", "--model.lam.decoder=vit", "--model.lam.decoder_dim=768",
-    "--model.lam.decoder_depth=12", "--model.lam.decoder_heads=12", "--model.lam.decoder_residual=false",
-]
-"""Full-size overrides of the Moto-style LAM (../shared/anchors/models.md section 4)."""
+FULL_SIZE_DIR = Path(__file__).resolve().parents[1] / "configs" / "full"
+"""Full-size presets: ``configs/full/<model.type>.yaml``, the configs users train at full size."""
 
-FULL_SIZE: dict[str, list[str]] = {
-    "lara": [
-        "--data.image_size=224", "--data.action_horizon=16", "--data.max_action_dim=32", "--data.max_proprio_dim=64",
-        "--model.backbone.image_size=224", "--model.backbone.patch_size=16", "--model.backbone.dim=2048",
-        "--model.backbone.depth=12", "--model.backbone.heads=16", "--model.backbone.frozen=true",
-        *MOTO_LAM,
-        "--model.head.action_horizon=16", "--model.head.action_dim=32", "--model.head.proprio_dim=64",
-        "--model.head.num_embodiments=32", "--model.head.hidden_dim=1024", "--model.head.dim=1536",
-        "--model.head.depth=16", "--model.head.heads=32", "--model.head.output_dim=1024",
-    ],
-    "lam": [
-        "--data.image_size=224", *MOTO_LAM,
-    ],
-}
-"""Per recipe: overrides that turn the default (tiny) recipe into its full-size architecture.
-``{qwen3_vl_2b}`` stands for a Qwen3-VL-2B-Instruct directory without weights, written on first use
-(``model.hf_testing.write_qwen3_vl_2b_architecture``): the real model's config.json, so the backbone is
-the 2.13B-parameter architecture itself with random weights. Recipes without an entry need explicit
-``--model.*`` overrides."""
-
-FULL_SIZE["baseline"] = [
-    # Pixels-to-Tokens: Qwen3-VL-2B + LoRA r=64 alpha=16 on all linear layers, primary + wrist at
-    # 224^2 (49 merged tokens each), 40 action queries (8 steps x 5) into the 11-block L1 head of
-    # width 2048 with 8 heads and a dim x dim feed-forward, as VLA-Adapter's head.
-    "--data.image_size=224", "--data.action_horizon=8", "--data.max_action_dim=7", "--data.max_proprio_dim=8",
-    "--model.backbone.kind=hf", "--model.backbone.hf.pretrained_path={qwen3_vl_2b}",
-    "--model.backbone.hf.load_weights=false", "--model.backbone.hf.tuning=lora", "--model.backbone.hf.image_size=224",
-    "--model.head.num_blocks=11", "--model.head.dim=2048", "--model.head.heads=8", "--model.head.mlp_ratio=1.0",
-    "--model.head.action_horizon=8", "--model.head.action_dim=7", "--model.head.proprio_dim=8",
-]
+FULL_SIZE: dict[str, Path] = {p.stem: p for p in sorted(FULL_SIZE_DIR.glob("*.yaml"))}
+"""model.type -> its full-size preset (recipes without one need explicit ``--model.*`` overrides)."""
 
 ARCHITECTURE_DIR = Path(__file__).resolve().parents[1] / ".cache" / "models"
-"""Where weight-less full-size architectures (``{qwen3_vl_2b}``) are written."""
+"""Where weight-less full-size architectures are written (``model.hf_architecture``)."""
 
 
 def full_size_overrides(recipe: str, arch_dir: Path = ARCHITECTURE_DIR) -> list[str]:
-    """The recipe's full-size preset with its placeholders resolved (writing what they name)."""
-    preset = FULL_SIZE.get(recipe, [])
-    if any("{qwen3_vl_2b}" in a for a in preset):
-        from lavla.model.hf_testing import write_qwen3_vl_2b_architecture
+    """``--config configs/full/<recipe>.yaml``, with a Hugging Face backbone pointed at a weight-less
+    architecture of the same model (written on first use): random weights at the real sizes, offline."""
+    if recipe not in FULL_SIZE:
+        return []
+    import yaml
+
+    args = ["--config", str(FULL_SIZE[recipe])]
+    backbone = (yaml.safe_load(FULL_SIZE[recipe].read_text())["model"].get("backbone") or {})
+    if backbone.get("kind") == "hf":
+        from lavla.model.hf_architecture import write_qwen3_vl_2b_architecture
 
         path = write_qwen3_vl_2b_architecture(arch_dir / "qwen3_vl_2b_instruct_architecture")
-        preset = [a.replace("{qwen3_vl_2b}", str(path)) for a in preset]
-    return preset
+        args += [f"--model.backbone.hf.pretrained_path={path}", "--model.backbone.hf.load_weights=false"]
+    return args
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
 
@@ -215,11 +183,10 @@ def _recipe_config(args: argparse.Namespace, overrides: list[str]) -> Any:
     """The base YAML switched to ``--recipe``, its full-size preset if asked, no synthetic data."""
     from lavla.trainer.config_io import load_config
 
-    preset = full_size_overrides(args.recipe) if args.full_size else []
-    if args.full_size and not preset:
-        raise SystemExit(f"no full-size preset for recipe {args.recipe!r}; pass --model.* overrides instead")
-    return load_config(["--config", args.config, f"--model.type={args.recipe}", *preset,
-                        "--data.synthetic.enabled=false", *overrides])
+    if args.full_size and args.recipe not in FULL_SIZE:
+        raise SystemExit(f"no full-size preset configs/full/{args.recipe}.yaml; pass --model.* overrides instead")
+    base = full_size_overrides(args.recipe) if args.full_size else ["--config", args.config, f"--model.type={args.recipe}"]
+    return load_config([*base, "--data.synthetic.enabled=false", *overrides])
 
 
 def _report(result: dict[str, Any], out: str) -> None:

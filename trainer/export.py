@@ -248,8 +248,8 @@ def _normalization_facts(stats: dict[str, Any], mode: str, entries: list[Any] = 
     """Mode and per-dataset absolute action dims: what inverting the normalization needs
     besides the statistics (the registry may not know the dataset on the robot side). A mixture
     entry's inline spec (``entries``) wins over the registry's."""
-    from lavla.data_service.inline_spec import spec_for_entry
-    from lavla.data_service.registry import get_spec
+    from lavla.data_service.datasets.inline_spec import spec_for_entry
+    from lavla.data_service.datasets.registry import get_spec
 
     inline = {e.name: e for e in entries if getattr(e, "spec", None)}
     datasets: dict[str, Any] = {}

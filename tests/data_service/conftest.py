@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lavla.data_service.config import DataConfig, DatasetEntry, SyntheticDataConfig
-from lavla.data_service.rlds_writer import RLDSWriter, encode_image, rlds_step_features
+from lavla.data_service.formats.rlds_writer import RLDSWriter, encode_image, rlds_step_features
 from lavla.data_service.synthetic import generate_synthetic_world
 
 TINY = dict(train_episodes=6, val_episodes=2, episode_length=12, image_size=32, seed=0)

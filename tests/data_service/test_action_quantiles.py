@@ -12,7 +12,7 @@ import pytest
 
 from lavla.data_service.action_quantiles import quotas, sample_actions
 from lavla.data_service.config import DataConfig, DatasetEntry, SyntheticDataConfig
-from lavla.data_service.registry import get_spec, register
+from lavla.data_service.datasets.registry import get_spec, register
 from lavla.data_service.sources import open_source
 
 from .conftest import TinyFactory, tiny_episode

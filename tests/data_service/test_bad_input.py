@@ -10,10 +10,10 @@ import pytest
 
 from lavla.data_service.config import DataConfig, DatasetEntry
 from lavla.data_service.errors import DataError
-from lavla.data_service.example_proto import Example
-from lavla.data_service.rlds import RLDSDataset
+from lavla.data_service.formats.example_proto import Example
+from lavla.data_service.formats.rlds import RLDSDataset
 from lavla.data_service.sources import open_source
-from lavla.data_service.tfrecord import frame, scan_offsets
+from lavla.data_service.formats.tfrecord import frame, scan_offsets
 
 from .conftest import TinyFactory, tiny_episode
 

@@ -1,4 +1,4 @@
-"""``python -m lavla.data_service.bench``: runs standalone, reports every reader; the TF reference runs in a child."""
+"""``python -m lavla.data_service.benchmarks.reader_bench``: runs standalone, reports every reader; the TF reference runs in a child."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("av")
 pytest.importorskip("zarr")
 
-from lavla.data_service import bench  # noqa: E402
+from lavla.data_service.benchmarks import reader_bench as bench  # noqa: E402
 
 from .video_helpers import csv_dataset  # noqa: E402
 

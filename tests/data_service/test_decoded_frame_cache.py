@@ -7,7 +7,7 @@ import numpy as np
 from lavla.data_service.decode import DecodedFrameCache
 from lavla.data_service.sources import open_source
 from lavla.data_service.stats import Normalizer
-from lavla.data_service.windowing import make_sample
+from lavla.data_service.sampling.windowing import make_sample
 
 
 def test_cache_gives_identical_samples_and_saves_decodes(data_cfg):

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from lavla.data_service.config import DataConfig, DatasetEntry
-from lavla.data_service.inline_spec import spec_for_entry, spec_from_mapping, spec_to_mapping
-from lavla.data_service.registry import get_spec
+from lavla.data_service.datasets.inline_spec import spec_for_entry, spec_from_mapping, spec_to_mapping
+from lavla.data_service.datasets.registry import get_spec
 from lavla.data_service.sources import open_source
 
 SYN = get_spec("synthetic_world")

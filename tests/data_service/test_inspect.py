@@ -12,9 +12,9 @@ import yaml
 from lavla.data_service.cli import main as lavla_data
 from lavla.data_service.config import SyntheticDataConfig
 from lavla.data_service.errors import DataError
-from lavla.data_service.inline_spec import spec_from_mapping
-from lavla.data_service.inspect_dataset import guess_cameras, inspect_path
-from lavla.data_service.registry import get_spec
+from lavla.data_service.datasets.inline_spec import spec_from_mapping
+from lavla.data_service.datasets.inspect_dataset import guess_cameras, inspect_path
+from lavla.data_service.datasets.registry import get_spec
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "lerobot"
 

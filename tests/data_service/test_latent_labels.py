@@ -22,11 +22,11 @@ pytest.importorskip("zarr")
 
 from lavla.data_service.config import DataConfig, DatasetEntry, SyntheticDataConfig  # noqa: E402
 from lavla.data_service.errors import DataError  # noqa: E402
-from lavla.data_service import latent_store  # noqa: E402
-from lavla.data_service.latent_store import LatentStoreWriter  # noqa: E402
+from lavla.data_service.latents import store as latent_store  # noqa: E402
+from lavla.data_service.latents.store import LatentStoreWriter  # noqa: E402
 from lavla.data_service.pipeline import DataBundle, build_data  # noqa: E402
-from lavla.data_service.reader import stack_samples  # noqa: E402
-from lavla.data_service.registry import get_spec, register  # noqa: E402
+from lavla.data_service.sampling.reader import stack_samples  # noqa: E402
+from lavla.data_service.datasets.registry import get_spec, register  # noqa: E402
 from lavla.data_service.schema import LATENT_KEYS, LIST_KEYS, TENSOR_KEYS  # noqa: E402
 from lavla.data_service.sources import open_source  # noqa: E402
 
@@ -137,7 +137,7 @@ def test_unannotated_mixture_dataset_gets_has_latent_false(tmp_path: Path, data_
     store = write_store(tmp_path / "latents.zarr", "synthetic_world", lengths_of(data_cfg))
     cfg = dataclasses.replace(data_cfg, datasets=[DatasetEntry(path=path), DatasetEntry(name="synthetic_world_b", path=path)],
                               latent_labels=str(store), plan_block_size=32, episode_group=2)
-    with caplog.at_level(logging.WARNING, logger="lavla.data_service.latent_labels"):
+    with caplog.at_level(logging.WARNING, logger="lavla.data_service.latents.labels"):
         b = bundle(cfg)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "no labels for dataset 'synthetic_world_b'" in warnings[0]

@@ -10,9 +10,9 @@ import pytest
 
 pytest.importorskip("zarr")
 
-from lavla.data_service import latent_store  # noqa: E402
+from lavla.data_service.latents import store as latent_store  # noqa: E402
 from lavla.data_service.errors import DataError  # noqa: E402
-from lavla.data_service.latent_store import LatentStore, LatentStoreWriter  # noqa: E402
+from lavla.data_service.latents.store import LatentStore, LatentStoreWriter  # noqa: E402
 
 Q, D = 4, 6
 

@@ -17,7 +17,7 @@ from lavla.data_service.config import DataConfig, DatasetEntry
 from lavla.data_service.errors import DataError
 from lavla.data_service.sources import open_source
 from lavla.data_service.stats import Normalizer
-from lavla.data_service.windowing import make_sample
+from lavla.data_service.sampling.windowing import make_sample
 
 pytest.importorskip("av")
 pytest.importorskip("pyarrow")

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lavla.data_service.libero_env import MAX_STEPS, SETTLE_STEPS, LiberoEnv, quat_to_axis_angle
-from lavla.data_service.sim_env import ClosedLoopEnv, rollout
+from lavla.data_service.envs.libero_env import MAX_STEPS, SETTLE_STEPS, LiberoEnv, quat_to_axis_angle
+from lavla.data_service.envs.sim_env import ClosedLoopEnv, rollout
 
 
 class FakeTaskEnv:

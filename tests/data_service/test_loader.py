@@ -16,12 +16,12 @@ import torch
 
 from lavla.data_service.config import DataConfig, DatasetEntry
 from lavla.data_service.data_stats import STAT_KEYS
-from lavla.data_service.loader import ClientBase, DataClient, PlanMismatchError, SampleReader, build_plan_datasets
+from lavla.data_service.sampling.loader import ClientBase, DataClient, PlanMismatchError, SampleReader, build_plan_datasets
 from lavla.data_service.pipeline import build_data
-from lavla.data_service.plan import SamplePlan
+from lavla.data_service.sampling.plan import SamplePlan
 from lavla.data_service.sources import open_source
 from lavla.data_service.stats import Normalizer
-from lavla.data_service.windowing import make_sample
+from lavla.data_service.sampling.windowing import make_sample
 
 from .conftest import TinyFactory, tiny_episode
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lavla.data_service.plan import PlanDataset, SamplePlan, keyed_permutation
+from lavla.data_service.sampling.plan import PlanDataset, SamplePlan, keyed_permutation
 
 
 def _plan(seed=0, weights=(1.0, 2.0), block=64, group=2):
@@ -56,7 +56,7 @@ def test_windows_interleave_across_episodes():
 
 
 def test_rank_slices_partition_each_global_batch():
-    from lavla.data_service.loader import DataClient
+    from lavla.data_service.sampling.loader import DataClient
 
     plan = _plan()
     G = 12
@@ -114,7 +114,7 @@ def test_mixture_proportions_match_weights_within_sampling_error():
 
 
 def test_ranks_never_share_a_sample_within_an_epoch():
-    from lavla.data_service.loader import DataClient
+    from lavla.data_service.sampling.loader import DataClient
 
     plan = _mixed_plan(block=64)
     world, micro, accum = 3, 4, 2

@@ -1,4 +1,4 @@
-"""``python -m lavla.data_service.prepare``: videos -> zarr frame cache, resumable, bad clips reported."""
+"""``python -m lavla.data_service.video.prepare``: videos -> zarr frame cache, resumable, bad clips reported."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import pytest
 pytest.importorskip("av")
 pytest.importorskip("zarr")
 
-from lavla.data_service import prepare  # noqa: E402
-from lavla.data_service.prepare import FAILED, prepare_cache  # noqa: E402
-from lavla.data_service.video_io import probe, read_all  # noqa: E402
-from lavla.data_service.zarr_cache import FrameCache, FrameCacheWriter, read_manifest  # noqa: E402
+from lavla.data_service.video import prepare  # noqa: E402
+from lavla.data_service.video.prepare import FAILED, prepare_cache  # noqa: E402
+from lavla.data_service.video.codec import probe, read_all  # noqa: E402
+from lavla.data_service.video.frame_cache import FrameCache, FrameCacheWriter, read_manifest  # noqa: E402
 
 from .video_helpers import csv_dataset, frame_index, indexed_video, write_csv  # noqa: E402
 
@@ -24,7 +24,7 @@ from .video_helpers import csv_dataset, frame_index, indexed_video, write_csv  #
 def test_cli_builds_and_reruns(tmp_path: Path) -> None:
     root = csv_dataset(tmp_path / "ds", [8, 11, 9], gop=30)
     out = tmp_path / "cache.zarr"
-    cmd = [sys.executable, "-m", "lavla.data_service.prepare", "--videos", str(root), "--annotations",
+    cmd = [sys.executable, "-m", "lavla.data_service.video.prepare", "--videos", str(root), "--annotations",
            str(root / "train.csv"), "--out", str(out), "--size", "16"]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr

@@ -15,7 +15,7 @@ import pytest
 from lavla.data_service.config import DataConfig, DatasetEntry
 from lavla.data_service.data_stats import STAT_KEYS
 from lavla.data_service.errors import DataError
-from lavla.data_service.registry import get_spec, register
+from lavla.data_service.datasets.registry import get_spec, register
 
 from .conftest import TinyFactory, tiny_episode
 from .test_loader import assert_same_samples, make_clients, reference, run_steps
@@ -141,7 +141,7 @@ def test_bad_samples_through_the_service(ray_local: None, make_tiny: TinyFactory
 
 
 def test_attaching_to_a_service_of_another_plan_is_refused(ray_local: None, data_cfg: DataConfig) -> None:
-    from lavla.data_service.ray_service import DataServiceError
+    from lavla.data_service.service.ray_service import DataServiceError
 
     clients = make_clients(_service(data_cfg, "shared", 1), world=1, micro=2, accum=1)
     try:

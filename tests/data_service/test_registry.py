@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from lavla.data_service.errors import DataError
-from lavla.data_service.registry import EMBODIMENTS, MIXTURES, get_spec, registered_names
-from lavla.data_service.rlds import RawEpisode
-from lavla.data_service.standardize import (
+from lavla.data_service.datasets.registry import EMBODIMENTS, MIXTURES, get_spec, registered_names
+from lavla.data_service.formats.rlds import RawEpisode
+from lavla.data_service.datasets.standardize import (
     binarize_gripper,
     quat_to_euler,
     relative_to_absolute_gripper,
@@ -40,7 +40,7 @@ def test_every_registered_spec_is_consistent() -> None:
             assert get_spec(name).name == name and weight > 0
     for name in registered_names():
         spec = get_spec(name)
-        if spec.is_video:  # action-less human video (data_service.video): no action, no camera key
+        if spec.is_video:  # action-less human video (data_service.video.source): no action, no camera key
             assert spec.action_dim == 0 and spec.lam_stride >= 1 and spec.embodiment_id == EMBODIMENTS["human"]
             continue
         assert spec.action_dim == 7 and spec.action_absolute_mask[-1]

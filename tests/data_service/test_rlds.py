@@ -9,8 +9,8 @@ import pytest
 
 from lavla.data_service.cache import store_json_cache
 from lavla.data_service.errors import DataError
-from lavla.data_service.rlds import RLDSDataset
-from lavla.data_service.splits import resolve_split
+from lavla.data_service.formats.rlds import RLDSDataset
+from lavla.data_service.formats.splits import resolve_split
 
 from .conftest import TinyFactory, tiny_episode
 

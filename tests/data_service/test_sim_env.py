@@ -1,4 +1,4 @@
-"""Closed-loop evaluation in the synthetic world (``data_service.sim_env``, ``launcher/rollout.py``).
+"""Closed-loop evaluation in the synthetic world (``data_service.envs.sim_env``, ``launcher/rollout.py``).
 
 The env must be the generator's world, not a copy of it: replaying a recorded episode's actions
 through it reproduces the recorded frames and proprio, and its expert is the generator's scripted
@@ -20,7 +20,7 @@ import pytest
 
 from lavla.data_service.config import DataConfig, DatasetEntry, SyntheticDataConfig
 from lavla.data_service.decode import decode_image
-from lavla.data_service.sim_env import (
+from lavla.data_service.envs.sim_env import (
     LIFT_HEIGHT,
     PLACE_RADIUS,
     PUSH_DISTANCE,
@@ -386,8 +386,8 @@ def test_observation_batch_matches_the_training_pipeline(synthetic_dir: Path) ->
     import torch
 
     from lavla.data_service.stats import Normalizer
-    from lavla.data_service.windowing import make_sample
-    from lavla.data_service.observation import observation_batch
+    from lavla.data_service.sampling.windowing import make_sample
+    from lavla.data_service.sampling.observation import observation_batch
     from lavla.model.policy_io import LoadedPolicy
 
     cfg = DataConfig(datasets=[DatasetEntry(path=str(synthetic_dir))], image_size=40, action_horizon=4)
@@ -421,7 +421,7 @@ def tiny_export(tmp_path_factory) -> Path:
 
     import torch
 
-    from lavla.data_service.registry import get_spec
+    from lavla.data_service.datasets.registry import get_spec
     from lavla.data_service.synthetic import generate_synthetic_world
     from lavla.model.factory import build_model
     from lavla.model.policy_io import EXPORT_FORMAT, EXPORT_FORMAT_VERSION

@@ -8,8 +8,8 @@ import pytest
 
 from lavla.data_service.config import DataConfig, DatasetEntry
 from lavla.data_service.errors import DataError
-from lavla.data_service.registry import DatasetSpec, get_spec, register
-from lavla.data_service.rlds import RLDSDataset
+from lavla.data_service.datasets.registry import DatasetSpec, get_spec, register
+from lavla.data_service.formats.rlds import RLDSDataset
 from lavla.data_service.sources import EpisodeSource, open_source
 
 
@@ -65,7 +65,7 @@ def test_hot_path_does_not_import_tensorflow() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, data_service.sources, data_service.windowing, data_service.synthetic, data_service.rlds_writer; "
+    code = ("import sys, data_service.sources, data_service.sampling.windowing, data_service.synthetic, data_service.formats.rlds_writer; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tensorflow_datasets')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lavla.data_service.config import SyntheticDataConfig
-from lavla.data_service.rlds import RLDSDataset
+from lavla.data_service.formats.rlds import RLDSDataset
 from lavla.data_service.synthetic import (
     World,
     WorldOptions,

@@ -20,12 +20,12 @@ if os.environ.get("LAVLA_TF_SUBPROCESS") != "1":
 tfds = pytest.importorskip("tensorflow_datasets")
 
 from lavla.data_service.config import DataConfig, DatasetEntry  # noqa: E402
-from lavla.data_service.registry import get_spec, register  # noqa: E402
-from lavla.data_service.rlds import RLDSDataset  # noqa: E402
+from lavla.data_service.datasets.registry import get_spec, register  # noqa: E402
+from lavla.data_service.formats.rlds import RLDSDataset  # noqa: E402
 from lavla.data_service.sources import open_source  # noqa: E402
-from lavla.data_service.splits import resolve_split  # noqa: E402
+from lavla.data_service.formats.splits import resolve_split  # noqa: E402
 from lavla.data_service.stats import Normalizer  # noqa: E402
-from lavla.data_service.windowing import make_sample  # noqa: E402
+from lavla.data_service.sampling.windowing import make_sample  # noqa: E402
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

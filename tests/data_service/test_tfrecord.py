@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from lavla.data_service.errors import DataError
-from lavla.data_service.example_proto import decode_example, encode_example
-from lavla.data_service.tfrecord import iter_records, masked_crc32c, read_record_at, scan_offsets, write_records
+from lavla.data_service.formats.example_proto import decode_example, encode_example
+from lavla.data_service.formats.tfrecord import iter_records, masked_crc32c, read_record_at, scan_offsets, write_records
 
 
 def test_masked_crc_known_values() -> None:

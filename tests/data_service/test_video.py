@@ -15,17 +15,17 @@ import torch
 
 pytest.importorskip("av")
 
-from lavla.data_service import video_io  # noqa: E402
+from lavla.data_service.video import codec as video_io  # noqa: E402
 from lavla.data_service.config import DataConfig, DatasetEntry, SyntheticDataConfig  # noqa: E402
 from lavla.data_service.errors import DataError  # noqa: E402
-from lavla.data_service.loader import collate  # noqa: E402
-from lavla.data_service.registry import get_spec  # noqa: E402
+from lavla.data_service.sampling.loader import collate  # noqa: E402
+from lavla.data_service.datasets.registry import get_spec  # noqa: E402
 from lavla.data_service.schema import LIST_KEYS, TENSOR_KEYS  # noqa: E402
 from lavla.data_service.sources import open_source  # noqa: E402
 from lavla.data_service.stats import DatasetStatistics, Normalizer  # noqa: E402
-from lavla.data_service.video import VideoEpisode, VideoSource, make_video_sample  # noqa: E402
-from lavla.data_service.video_io import probe, read_all, read_frames  # noqa: E402
-from lavla.data_service.windowing import make_sample as make_robot_sample  # noqa: E402
+from lavla.data_service.video.source import VideoEpisode, VideoSource, make_video_sample  # noqa: E402
+from lavla.data_service.video.codec import probe, read_all, read_frames  # noqa: E402
+from lavla.data_service.sampling.windowing import make_sample as make_robot_sample  # noqa: E402
 
 from .video_helpers import csv_dataset, frame_index, indexed_video, write_csv  # noqa: E402
 
@@ -270,7 +270,7 @@ def test_probe_results_are_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     root = csv_dataset(tmp_path / "ds", [6, 7])
     cfg = _cfg(root)
     first = open_source(cfg.datasets[0], cfg)
-    monkeypatch.setattr("lavla.data_service.video.probe", lambda *a, **k: pytest.fail("probed again"))
+    monkeypatch.setattr("lavla.data_service.video.source.probe", lambda *a, **k: pytest.fail("probed again"))
     second = open_source(cfg.datasets[0], cfg)
     assert second.fingerprint == first.fingerprint and second.episode_lengths.tolist() == [6, 7]
 
@@ -279,7 +279,7 @@ def test_probe_results_are_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def test_source_reads_the_frame_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lavla.data_service.prepare import prepare_cache
+    from lavla.data_service.video.prepare import prepare_cache
 
     root = csv_dataset(tmp_path / "ds", [12, 25], gop=30)
     prepare_cache(root, root / "train.csv", root / "frames.zarr", size=16, progress=False)
@@ -288,8 +288,8 @@ def test_source_reads_the_frame_cache(tmp_path: Path, monkeypatch: pytest.Monkey
     for memory in (0, 1 << 20):  # per-sample chunk reads, and whole clips kept with the episode
         cached = VideoSource(cfg.datasets[0], get_spec(NAME), cfg, episode_memory_bytes=memory)
         assert cached.cache is not None and cached.fingerprint == direct.fingerprint
-        monkeypatch.setattr("lavla.data_service.video.read_frames", lambda *a, **k: pytest.fail("decoded the video"))
-        monkeypatch.setattr("lavla.data_service.video.read_all", lambda *a, **k: pytest.fail("decoded the video"))
+        monkeypatch.setattr("lavla.data_service.video.source.read_frames", lambda *a, **k: pytest.fail("decoded the video"))
+        monkeypatch.setattr("lavla.data_service.video.source.read_all", lambda *a, **k: pytest.fail("decoded the video"))
         ep = cached.read_episode(1)
         got = ep.frames.read([0, 24, 7])
         assert _indices(got) == [0, 24, 7]
@@ -308,7 +308,7 @@ def test_short_clips_are_read_once(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     ep = VideoSource(cfg.datasets[0], get_spec(NAME), cfg).read_episode(0)
     calls = []
     real = video_io.read_all
-    monkeypatch.setattr("lavla.data_service.video.read_all", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr("lavla.data_service.video.source.read_all", lambda *a, **k: calls.append(1) or real(*a, **k))
     for t in range(9):
         assert _indices(ep.frames.read([t, t + 3])) == [t, t + 3]
     assert len(calls) == 1

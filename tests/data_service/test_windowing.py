@@ -12,9 +12,9 @@ from lavla.data_service.decode import decode_image
 from lavla.data_service.errors import DataError
 from lavla.data_service.schema import TENSOR_KEYS
 from lavla.data_service.sources import open_source
-from lavla.data_service.standardize import StandardEpisode
+from lavla.data_service.datasets.standardize import StandardEpisode
 from lavla.data_service.stats import Normalizer, compute_statistics
-from lavla.data_service.windowing import action_chunk, make_sample, valid_timesteps
+from lavla.data_service.sampling.windowing import action_chunk, make_sample, valid_timesteps
 
 EXPECTED = {
     "sample_id": (np.int64, ()),

@@ -12,7 +12,7 @@ import pytest
 zarr = pytest.importorskip("zarr")
 
 from lavla.data_service.errors import DataError  # noqa: E402
-from lavla.data_service.zarr_cache import MANIFEST, FrameCache, FrameCacheWriter, _ShardClip, _ZarrClip, read_manifest  # noqa: E402
+from lavla.data_service.video.frame_cache import MANIFEST, FrameCache, FrameCacheWriter, _ShardClip, _ZarrClip, read_manifest  # noqa: E402
 
 
 def _frames(T: int, S: int = 8, seed: int = 0) -> np.ndarray:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lavla.data_service.video_io import write_video
+from lavla.data_service.video.codec import write_video
 
 
 def index_frame(i: int, h: int = 32, w: int = 32) -> np.ndarray:

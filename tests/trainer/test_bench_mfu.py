@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO
-from lavla.trainer.bench_mfu import FULL_SIZE, QUICKSTART, full_size_overrides, random_batch
+from lavla.trainer.bench_mfu import FULL_SIZE, full_size_overrides, random_batch
 from lavla.trainer.config_io import load_config
 
 
@@ -21,7 +21,10 @@ from lavla.trainer.config_io import load_config
 def test_full_size_presets_build(recipe, tmp_path):
     from lavla.model.factory import build_model
 
-    cfg = load_config(["--config", str(QUICKSTART), f"--model.type={recipe}", *full_size_overrides(recipe, tmp_path)])
+    cfg = load_config(full_size_overrides(recipe, tmp_path))  # configs/full/<recipe>.yaml, as users load it
+    from lavla.model.config import ModelConfig
+
+    assert ModelConfig.get_choice_name(type(cfg.model)) == recipe and cfg.data.image_size == 224
     with torch.device("meta"):
         model = build_model(cfg.model, cfg.data)
     total = sum(p.numel() for p in model.parameters())

@@ -1,0 +1,1 @@
+"""Closed-loop environments: the synthetic world's simulator and the LIBERO adapter."""

@@ -1,0 +1,1 @@
+"""Offline latent-action labels: the zarr label store and their join into training samples."""
