@@ -67,7 +67,8 @@ class DataConfig:
     seed: int = 0
     """Seed of the sample plan: order is a pure function of (seed, mixture, epoch, index)."""
     image_size: int = 64
-    """Side of the square images delivered to the model (frames are resized on decode)."""
+    """Side of the square images delivered to the model (frames are resized on decode). In a run config
+    left unstated, it is the recipe's (``model.input_spec()``), as are the three shapes below."""
     action_horizon: int = 8
     """N: length of the action chunk a_t..a_{t+N-1}."""
     max_action_dim: int = 7

@@ -182,7 +182,26 @@ def load_config(argv: Sequence[str]) -> PretrainConfig:
         msg = _root_message(e)
         origin = "command line" if any(k in msg for k in cli_keys) else source
         raise ConfigError(f"{origin}: {msg}") from e
+    stated = {k.split(".", 1)[1] for k in cli_keys if k.startswith("data.")} | set(tree.get("data") or {})
+    take_data_shapes_from_model(cfg, stated)
     return cfg
+
+
+DATA_SHAPES = {"image_size": "image_size", "action_horizon": "action_horizon", "action_dim": "max_action_dim",
+               "proprio_dim": "max_proprio_dim"}
+"""Input-spec field -> the data field it sets."""
+
+
+def take_data_shapes_from_model(cfg: PretrainConfig, stated: set[str]) -> None:
+    """The data side takes the batch shapes the recipe states (``model.input_spec()``) unless the config
+    states them itself: a shape is written once, in the model. A data field stated in the YAML or on
+    the command line is kept, and the model build checks it; model fields that disagree among
+    themselves are left for that check to name."""
+    spec = cfg.model.input_spec()
+    for spec_field, data_field in DATA_SHAPES.items():
+        values = {value for _, value in getattr(spec, spec_field)}
+        if data_field not in stated and len(values) == 1:
+            setattr(cfg.data, data_field, values.pop())
 
 
 def dump_config(cfg: PretrainConfig) -> str:

@@ -10,7 +10,8 @@ import yaml
 from lavla.trainer.config import PretrainConfig
 from lavla.trainer.config_io import ConfigError, dump_config, load_config
 
-QUICKSTART = str(Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml")
+REPO = Path(__file__).resolve().parents[2]
+QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
 
 
 def test_quickstart_loads_with_overrides():
@@ -92,3 +93,29 @@ def test_new_sections_override_from_command_line():
 def test_bad_profile_steps_names_the_field():
     with pytest.raises(ConfigError, match="profile.steps"):
         load_config(["--config", QUICKSTART, "--profile.steps=9:2"])
+
+
+def test_the_data_side_takes_its_shapes_from_the_recipe() -> None:
+    """A shape is stated once: configs/full/lara.yaml states the chunk and widths in the model only,
+    and the data config takes them; a data value stated in the YAML or on the command line is kept
+    (and the model build names the disagreement); model fields that disagree decide nothing."""
+    from lavla.model.factory import build_model
+    from lavla.trainer.config_io import load_config
+
+    full = load_config(["--config", str(REPO / "configs" / "full" / "lara.yaml")])
+    d = full.data
+    assert (d.image_size, d.action_horizon, d.max_action_dim, d.max_proprio_dim) == (224, 16, 32, 64)
+    assert "action_horizon" not in (yaml.safe_load((REPO / "configs" / "full" / "lara.yaml").read_text())["data"])
+
+    quick = REPO / "configs" / "quickstart.yaml"
+    stated = load_config(["--config", str(quick), "--data.image_size=32"])
+    assert stated.data.image_size == 32
+    with pytest.raises(ValueError, match=r"model.backbone.image_size=64 != data.image_size=32; "
+                                         r"model.lam.image_size=64 != data.image_size=32"):
+        build_model(stated.model, stated.data)
+    split = load_config(["--config", str(quick), "--model.lam.image_size=32"])
+    assert split.data.image_size == 64  # the default: backbone (64) and LAM (32) disagree
+    with pytest.raises(ValueError, match=r"model.lam.image_size=32 != data.image_size=64"):
+        build_model(split.model, split.data)
+    both = load_config(["--config", str(quick), "--model.lam.image_size=32", "--model.backbone.image_size=32"])
+    assert both.data.image_size == 32
