@@ -47,17 +47,41 @@ def recipe_config(recipe: str, entry: dict[str, Any], summary: dict[str, Any], n
     data.setdefault("synthetic", {})["enabled"] = False
     adim, pdim = int(summary.get("action_dim") or 0), int(summary.get("proprio_dim") or 0)
     need_a = 10 if entry.get("spec", {}).get("action_layout") == "eef_r6" else (7 if adim else 0)
-    if need_a > int(data.get("max_action_dim", 7)):
-        data["max_action_dim"] = need_a
-        notes.append(f"data.max_action_dim raised to {need_a}")
-    if pdim > int(data.get("max_proprio_dim", 8)):
-        data["max_proprio_dim"] = pdim
-        notes.append(f"data.max_proprio_dim raised to {pdim}")
+    spec = _recipe_input_spec(path)
+    _widen(cfg, spec.action_dim, "max_action_dim", need_a, notes)
+    _widen(cfg, spec.proprio_dim, "max_proprio_dim", pdim, notes)
     cfg.setdefault("run", {})["dir"] = f"runs/{path.stem}_{name}"
     if entry.get("spec", {}).get("is_video") and path.stem in ACTION_RECIPES_NEED_ACTIONS:
         notes.append(f"{path.stem} trains on actions and this dataset has none: mix it with a robot dataset, or "
                      "use a latent recipe (lam_pretrain, lapa_latent)")
     return cfg, notes
+
+
+def _recipe_input_spec(path: Path) -> Any:
+    from lavla.trainer.config_io import load_config
+
+    return load_config(["--config", str(path)]).model.input_spec()
+
+
+def _widen(cfg: dict[str, Any], stated: tuple[tuple[str, int], ...], data_field: str, need: int, notes: list[str]) -> None:
+    """Make the padded width ``data_field`` at least ``need``: where the recipe states it (its input
+    spec's model fields), there, so the data side takes it from the model; otherwise on the data side."""
+    if stated:
+        for name, value in stated:
+            if need > value:
+                node = cfg.setdefault("model", {})
+                *parents, leaf = name.split(".")
+                for key in parents:
+                    node = node.setdefault(key, {})
+                node[leaf] = need
+                notes.append(f"model.{name} raised to {need}")
+        return
+    from lavla.data_service.config import DataConfig
+
+    data = cfg["data"]
+    if need > int(data.get(data_field, DataConfig.__dataclass_fields__[data_field].default)):
+        data[data_field] = need
+        notes.append(f"data.{data_field} raised to {need}")
 
 
 def cmd_inspect(a: argparse.Namespace) -> int:

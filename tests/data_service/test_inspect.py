@@ -90,3 +90,30 @@ def test_cli_prints_the_entry_and_writes_a_recipe_config(tmp_path: Path, synthet
     assert lavla_data(["inspect", str(tmp_path / "nope")]) == 2
     assert lavla_data(["inspect", str(synthetic_dir), "--recipe", "no_such_recipe"]) == 2
     assert "unknown recipe 'no_such_recipe'" in capsys.readouterr().err
+
+
+def test_a_wider_dataset_widens_the_recipe_where_it_states_the_width() -> None:
+    """An end-effector 6-D-rotation dataset (10-D actions) with 12-D proprio: the written config raises
+    the baseline's head widths (the data side takes them from there) and builds; a LAM recipe, which
+    states no action width, gets it on the data side."""
+    import yaml as _yaml
+
+    from lavla.data_service.cli import recipe_config
+    from lavla.model.factory import build_model
+    from lavla.trainer.config_io import load_config
+
+    entry = {"name": "my_robot", "path": "/data/my_robot/1.0.0", "split": "train", "spec": {"action_layout": "eef_r6"}}
+    cfg, notes = recipe_config("baseline", entry, {"action_dim": 10, "proprio_dim": 12}, "my_robot")
+    assert cfg["model"]["head"]["action_dim"] == 10 and cfg["model"]["head"]["proprio_dim"] == 12
+    assert "max_action_dim" not in cfg["data"] and "model.head.action_dim raised to 10" in notes
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "my_robot.yaml"
+        path.write_text(_yaml.safe_dump(cfg))
+        loaded = load_config(["--config", str(path)])
+    assert (loaded.data.max_action_dim, loaded.data.max_proprio_dim) == (10, 12)
+    build_model(loaded.model, loaded.data)
+    lam, lam_notes = recipe_config("lam_pretrain", entry, {"action_dim": 10, "proprio_dim": 12}, "my_robot")
+    assert lam["data"]["max_action_dim"] == 10 and lam["data"]["max_proprio_dim"] == 12
+    assert "data.max_action_dim raised to 10" in lam_notes
