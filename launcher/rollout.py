@@ -38,64 +38,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
-from lavla.data_service.sampling.observation import dataset_ids, observation_batch
+from lavla.data_service.envs.policy_runners import PolicyRunner, RandomActionRunner
+from lavla.data_service.envs.recording import RecordingEnv
 
 log = logging.getLogger("rollout")
-
-
-class PolicyRunner:
-    """A loaded policy as a ``rollout`` policy: obs -> raw action chunk float32 [N, D].
-
-    ``reset(seed)`` (called by ``rollout`` at each episode start) reseeds the sampling noise
-    (flow matching), so each episode is reproducible on its own."""
-
-    def __init__(self, policy: Any, dataset_name: str, *, image_encodings: dict[str, str] | None = None,
-                 num_steps: int | None = None, seed: int = 0) -> None:
-        import torch
-
-        self.policy, self.dataset_name = policy, dataset_name
-        self.image_encodings = dict(image_encodings or {})
-        self.num_steps = num_steps
-        self.generator = torch.Generator(device=policy.device)
-        self.generator.manual_seed(seed)
-        self.calls, self.seconds = 0, 0.0
-        dataset_ids(policy, dataset_name)  # fail now, not mid-rollout
-        policy.normalizer(dataset_name)
-
-    def reset(self, seed: int) -> None:
-        self.generator.manual_seed(int(seed))
-
-    def __call__(self, obs: dict[str, Any]) -> np.ndarray:
-        t0 = time.perf_counter()
-        batch = observation_batch(obs, self.policy, self.dataset_name, image_encodings=self.image_encodings)
-        kwargs: dict[str, Any] = {"generator": self.generator}
-        if self.num_steps is not None:
-            kwargs["num_steps"] = self.num_steps
-        normalized = self.policy.predict_action(batch, **kwargs)
-        raw = self.policy.unnormalize_action(normalized[0].float().cpu().numpy(), self.dataset_name)
-        self.calls += 1
-        self.seconds += time.perf_counter() - t0
-        return np.asarray(raw, np.float32)
-
-
-class RandomActionRunner:
-    """The random floor: uniform actions over the policy's normalized range ([-1, 1] per dim, so the
-    box the dataset's actions span), unnormalized like the policy's own, one chunk of the policy's
-    horizon per call. What a success rate must beat to show the policy does anything."""
-
-    def __init__(self, policy: Any, dataset_name: str, seed: int = 0) -> None:
-        self.policy, self.dataset_name = policy, dataset_name
-        self.horizon, self.dim = int(policy.data_cfg.action_horizon), int(policy.action_dim(dataset_name))
-        self.rng = np.random.default_rng(seed)
-
-    def reset(self, seed: int) -> None:
-        self.rng = np.random.default_rng([int(seed), 1])
-
-    def __call__(self, obs: dict[str, Any]) -> np.ndarray:
-        normalized = self.rng.uniform(-1.0, 1.0, (self.horizon, self.dim)).astype(np.float32)
-        return np.asarray(self.policy.unnormalize_action(normalized, self.dataset_name), np.float32)
 
 
 def _fmt_rate(r: dict[str, Any]) -> str:
@@ -112,44 +59,6 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         lines.append(f"{task:<10} {_fmt_rate(r):<28} {_fmt_rate(f) if f else '-'}")
     lines.append(f"{'all':<10} {_fmt_rate(result):<28} {_fmt_rate(floor) if floor else '-'}")
     return lines
-
-
-class RecordingEnv:
-    """Wraps a ``ClosedLoopEnv``: keeps the primary camera of the first ``episodes`` episodes and
-    writes each as ``<out_dir>/episode_<seed>_<success|failure>.mp4`` when it ends."""
-
-    def __init__(self, env: Any, out_dir: Path, episodes: int, fps: float = 10.0) -> None:
-        self.env, self.out_dir, self.left, self.fps = env, out_dir, episodes, fps
-        self.frames: list[np.ndarray] = []
-        self.seed = 0
-        self.written: list[str] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.env, name)
-
-    def _keep(self, obs: dict[str, Any]) -> None:
-        if self.left > 0:
-            self.frames.append(np.asarray(obs["image_primary"]).transpose(1, 2, 0))
-
-    def reset(self, seed: int | None = None) -> dict[str, Any]:
-        obs = self.env.reset(seed)
-        self.seed, self.frames = int(seed or 0), []
-        self._keep(obs)
-        return obs
-
-    def step(self, action: np.ndarray) -> tuple[dict[str, Any], float, bool, dict[str, Any]]:
-        obs, reward, done, info = self.env.step(action)
-        self._keep(obs)
-        if done and self.left > 0:
-            from lavla.data_service.video.codec import write_video
-
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            path = self.out_dir / f"episode_{self.seed:04d}_{'success' if info.get('success') else 'failure'}.mp4"
-            h, w = self.frames[0].shape[:2]
-            write_video(path, [f[: h - h % 2, : w - w % 2] for f in self.frames], self.fps)
-            self.written.append(str(path))
-            self.left -= 1
-        return obs, reward, done, info
 
 
 def make_env(a: argparse.Namespace, policy: Any) -> Any:

@@ -103,7 +103,7 @@ def test_reset_settles_observations_match_the_rlds_builds_and_actions_convert() 
 
 def test_rollout_counts_success_from_the_env_and_stops_at_the_limit(tmp_path: Path) -> None:
     pytest.importorskip("av")
-    from lavla.launcher.rollout import RecordingEnv
+    from lavla.data_service.envs.recording import RecordingEnv
 
     env = LiberoEnv("libero_goal", FakeBackend(), camera_size=8, max_steps=5)
     rec = RecordingEnv(env, tmp_path / "videos", episodes=2)

@@ -466,7 +466,7 @@ def _cli(*args: str) -> tuple[int, dict | None]:
 
 
 def test_cli_on_a_tiny_export(tiny_export: Path, tmp_path: Path) -> None:
-    from lavla.launcher.rollout import PolicyRunner
+    from lavla.data_service.envs.policy_runners import PolicyRunner
     from lavla.model.policy_io import load_policy
 
     args = ["--policy", str(tiny_export), "--episodes", "2", "--max-steps", "3", "--execute-steps", "2", "--seed", "4",

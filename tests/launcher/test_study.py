@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from lavla.launcher import study as st
+from lavla.launcher import study_report as sr
 
 
 @pytest.mark.parametrize("budget", sorted(st.BUDGETS))
@@ -62,7 +63,7 @@ def test_aggregation_mean_and_std_over_seeds() -> None:
         {"part": "b", "group": "lara", "config": "lara", "seed": 1, "metrics": {"probe/r2": float("nan"),
                                                                                  "success_rate": 1.0}},
     ]
-    rows = {r["group"]: r for r in st.aggregate(recs)}
+    rows = {r["group"]: r for r in sr.aggregate(recs)}
     base = rows["baseline"]["metrics"]["action/l1"]
     assert base["n"] == 3 and base["mean"] == pytest.approx(7 / 3)
     assert base["std"] == pytest.approx(math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2))
@@ -72,7 +73,7 @@ def test_aggregation_mean_and_std_over_seeds() -> None:
     assert lara["probe/r2"] == {"mean": 0.2, "std": 0.0, "n": 1}  # NaN dropped
     assert lara["success_rate"]["mean"] == pytest.approx(0.75)
     assert lara["success_rate"]["std"] == pytest.approx(math.sqrt(0.125))
-    md = st.render_markdown(st.aggregate(recs), {"command": "x"})
+    md = sr.render_markdown(sr.aggregate(recs), {"command": "x"})
     assert "2.3333 ± 1.5275" in md and "| lara |" in md
 
 
@@ -125,7 +126,7 @@ def test_study_resumes_skipping_finished_runs(tmp_path: Path) -> None:
     third = FakeRunner()
     assert st.Study(b, runs, tmp_path, third, log=lambda _: None).run() == records
     assert third.trained == []
-    md, js = st.write_results(tmp_path, records, {"command": "python -m lavla.launcher.study --budget tiny", "seeds": [0, 1]})
+    md, js = sr.write_results(tmp_path, records, {"command": "python -m lavla.launcher.study --budget tiny", "seeds": [0, 1]})
     table = json.loads(js.read_text())["table"]
     assert {row["group"] for row in table} == {r.group for r in runs}
     assert all(len(row["seeds"]) == 2 for row in table)
@@ -155,10 +156,10 @@ def test_rollout_metrics_pool_per_family_with_wilson_intervals() -> None:
     assert m["count/all"] == [2, 4] and m["count/move"] == [2, 3] and m["count/pick"] == [0, 1]
     assert m["random_floor/count/all"] == [1, 4] and m["random_floor/count/move"] == [1, 3]
     recs = [{"part": "c", "group": "baseline", "config": "baseline", "seed": s, "metrics": dict(m)} for s in (0, 1, 2)]
-    row = st.aggregate(recs)[0]
+    row = sr.aggregate(recs)[0]
     assert row["pooled"]["count/all"] == [6, 12] and row["pooled"]["count/pick"] == [0, 3]
-    assert st.pooled_columns([row]) == ["count/all", "count/move", "count/pick", "random_floor/count/all"]
-    md = st.render_markdown([row], {"command": "x"})
+    assert sr.pooled_columns([row]) == ["count/all", "count/move", "count/pick", "random_floor/count/all"]
+    md = sr.render_markdown([row], {"command": "x"})
     assert "6/12 = 50% [25, 75]" in md  # Wilson 95% interval of 6/12
     assert "0/3 = 0% [0, 56]" in md and "| random floor |" in md
 
