@@ -1,10 +1,12 @@
 """Offline evaluation of a policy on held-out batches: metrics, a Markdown report with plots, and the
 trainer's periodic evaluation.
 
-``evaluate(model, batches, normalizers=...)`` runs a recipe module (``model/recipes/*``) over a
+``evaluate(model, batches, normalizers=...)`` runs a recipe module (a ``model.recipe.Recipe``) over a
 finite iterable of batches in the ``data_service.schema`` layout, under ``torch.no_grad`` and in
 eval mode (the module's train/eval mode and the torch RNG streams are restored afterwards), and
-returns a flat ``{metric: float}``:
+returns a flat ``{metric: float}``. Which metrics exist follows the recipe's declared capabilities
+(``predicts_actions``: the action rows; ``latent_targets``: token accuracy; ``has_lam``: the LAM,
+codebook and probe rows):
 
 =============================  =====================================================================
 ``loss``, ``loss/<term>``, ..  the recipe's own ``forward`` on the held-out batches (mean over batches),
