@@ -5,7 +5,7 @@ Qwen3-VL-2B-Instruct for throughput and memory benchmarks (``trainer.bench_mfu -
 A directory holds what a real Qwen3-VL directory holds (config.json, a Qwen2 byte-level BPE tokenizer
 with Qwen's special tokens, image and video processor configs, a chat template), so the real
 ``from_pretrained`` code path builds it. Nothing is downloaded: the tokenizer is trained here on a
-few sentences with ``tokenizers``. The tests' tiny random models (``tests/hf_tiny_models.py``) are
+few sentences with ``tokenizers``. The tests' tiny random models (``tests/model/hf_tiny_models.py``) are
 written with the same pieces.
 """
 

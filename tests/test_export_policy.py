@@ -303,7 +303,7 @@ def test_hf_backbone_export_writes_assets_ties_and_relocates(tiny_world_args, tm
     pytest.importorskip("transformers")
     pytest.importorskip("peft")
     from lavla.model.factory import build_model
-    from tests.hf_tiny_models import write_tiny_qwen3_vl
+    from tests.model.hf_tiny_models import write_tiny_qwen3_vl
     from lavla.model.policy_io import load_policy
     from lavla.trainer.config_io import load_config
     from lavla.trainer.export import export_policy

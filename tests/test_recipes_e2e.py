@@ -71,7 +71,7 @@ def test_lapa_stage_2_then_stage_3_from_its_export(tmp_path: Path, tiny_world_ar
 
 
 def test_baseline_on_a_tiny_qwen3_vl_with_lora(tmp_path: Path, tiny_world_args: list[str]) -> None:
-    from tests.hf_tiny_models import write_tiny_qwen3_vl
+    from tests.model.hf_tiny_models import write_tiny_qwen3_vl
 
     qwen = write_tiny_qwen3_vl(tmp_path / "qwen")
     _train("baseline", tiny_world_args, tmp_path / "run", 12, "--model.backbone.kind=hf",

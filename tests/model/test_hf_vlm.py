@@ -17,7 +17,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 from lavla.model.backbone_config import HFBackboneConfig  # noqa: E402
-from tests.hf_tiny_models import write_tiny_llava, write_tiny_qwen3_vl  # noqa: E402
+from hf_tiny_models import write_tiny_llava, write_tiny_qwen3_vl  # noqa: E402  (tests/model is on sys.path: conftest, and the ZeRO-3 worker below)
 from lavla.model.hf_vlm import HFVLMBackbone  # noqa: E402
 from lavla.model.vl_backbone import gather_positions  # noqa: E402
 
