@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import draccus
 
-from lavla.model.registry import InputSpec
+from lavla.model.registry import InputSpec, Stated
 
 from lavla.model.backbone_config import HFBackboneConfig
 
@@ -28,6 +28,13 @@ class ModelConfig(draccus.ChoiceRegistry):
         """The batch shapes the recipe consumes, with the model fields stating them (checked against
         the data config once, when the model is built)."""
         return InputSpec()
+
+
+def image_sizes_stated(backbone: "BackboneConfig", lam: "LamConfig | None" = None, lam_field: str = "lam") -> Stated:
+    """The model fields that fix ``data.image_size`` for a VL recipe: the tiny backbone's (a Hugging Face
+    backbone resizes frames itself) and, where the recipe runs one, its LAM's."""
+    tiny = (("backbone.image_size", backbone.image_size),) if backbone.kind == "tiny" else ()
+    return tiny + (((f"{lam_field}.image_size", lam.image_size),) if lam is not None else ())
 
 
 def _check(cond: bool, msg: str) -> None:

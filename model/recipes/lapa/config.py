@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lavla.model.config import BackboneConfig, LatentTargetConfig, ModelConfig, _check
+from lavla.model.config import BackboneConfig, LatentTargetConfig, ModelConfig, _check, image_sizes_stated
 from lavla.model.registry import InputSpec, register_recipe
 
 
@@ -37,8 +37,7 @@ class LapaConfig(ModelConfig):
         latent = self.stage == "latent"
         online = latent and self.latent.source == "online"
         return InputSpec(
-            image_size=((("backbone.image_size", self.backbone.image_size),) if self.backbone.kind == "tiny" else ())
-            + ((("latent.lam.image_size", self.latent.lam.image_size),) if online else ()),
+            image_size=image_sizes_stated(self.backbone, self.latent.lam if online else None, "latent.lam"),
             action_horizon_at_most=(("action_horizon", self.action_horizon),) if not latent else (),
             latent_labels="model.latent.source=offline" if latent and not online else "")
 

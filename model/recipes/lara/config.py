@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lavla.model.config import BackboneConfig, FlowHeadConfig, LamConfig, ModelConfig, _check
+from lavla.model.config import BackboneConfig, FlowHeadConfig, LamConfig, ModelConfig, _check, image_sizes_stated
 from lavla.model.registry import InputSpec, register_recipe
 
 
@@ -37,8 +37,7 @@ class LaraConfig(ModelConfig):
     """``continuous``: pre-quantization tanh latent (LARA); ``quantized``: straight-through codes."""
 
     def input_spec(self) -> InputSpec:
-        tiny = (("backbone.image_size", self.backbone.image_size),) if self.backbone.kind == "tiny" else ()
-        return InputSpec(image_size=(*tiny, ("lam.image_size", self.lam.image_size)),
+        return InputSpec(image_size=image_sizes_stated(self.backbone, self.lam),
                          action_horizon=(("head.action_horizon", self.head.action_horizon),),
                          action_dim=(("head.action_dim", self.head.action_dim),),
                          proprio_dim=(("head.proprio_dim", self.head.proprio_dim),))

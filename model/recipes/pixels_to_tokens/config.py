@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from lavla.model.config import BackboneConfig, LatentTargetConfig, ModelConfig, _check
+from lavla.model.config import BackboneConfig, LatentTargetConfig, ModelConfig, _check, image_sizes_stated
 from lavla.model.head_config import L1HeadConfig
 from lavla.model.registry import InputSpec, register_recipe
 
@@ -65,8 +65,7 @@ class FptConfig(ModelConfig):
         latent = self.lam_latents
         online = latent and self.latent.source == "online"
         return InputSpec(
-            image_size=((("backbone.image_size", self.backbone.image_size),) if self.backbone.kind == "tiny" else ())
-            + ((("latent.lam.image_size", self.latent.lam.image_size),) if online else ()),
+            image_size=image_sizes_stated(self.backbone, self.latent.lam if online else None, "latent.lam"),
             action_horizon=(("head.action_horizon", self.head.action_horizon),),
             action_dim=(("head.action_dim", self.head.action_dim),),
             proprio_dim=(("head.proprio_dim", self.head.proprio_dim),),
