@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-TEST_EXTRAS := dev,rlds,video,lerobot,ray,hf,wandb
+TEST_EXTRAS := dev,rlds,video,lerobot,ray,hf,wandb,tp
 RUN_EXTRAS := dev
 # Every transitive version, for every extra but `gpu` (its CUDA packages come with the image):
 # installs take their versions from it, so main does not change when a package releases.
