@@ -85,6 +85,26 @@ class ZeroConfig:
 
 
 @dataclass
+class ParallelConfig:
+    """Model parallelism inside a replica (megatron-core, the ``tp`` extra); ZeRO shards across
+    replicas. ``lavla-plan-parallel`` says when TP pays; README "Tensor parallelism"."""
+
+    tensor_parallel_size: int = 1
+    """Ranks that split each layer of the text stack and the DiT head (heads and MLP columns).
+    Must divide the world size and the KV heads; adjacent ranks form a group, so keep it within a
+    node (<= GPUs per node). The data-parallel size is world / TP."""
+    sequence_parallel: bool = False
+    """With TP > 1, also shard the text stack's norms and residual activations along the sequence
+    (activation memory / TP, same communication volume)."""
+
+    def __post_init__(self) -> None:
+        if self.tensor_parallel_size < 1:
+            raise ValueError(f"parallel.tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
+        if self.sequence_parallel and self.tensor_parallel_size == 1:
+            raise ValueError("parallel.sequence_parallel needs parallel.tensor_parallel_size > 1")
+
+
+@dataclass
 class TrainerConfig:
     """The training loop."""
 
@@ -288,6 +308,8 @@ class PretrainConfig:
     """The recipe (``type``) and its architecture."""
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     """Training loop and DeepSpeed engine."""
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """Tensor / sequence parallelism (default: none, ZeRO alone)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Optimizer and learning-rate schedule."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)

@@ -120,3 +120,26 @@ def broadcast_object(obj: object) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+# Data parallelism. Under tensor parallelism (trainer/tensor_parallel) a model replica spans a TP
+# group whose ranks must see the same samples and noise: data is sharded, and per-replica results
+# reduced, over the data-parallel group. Without TP that group is the whole world.
+
+def data_parallel_rank() -> int:
+    from lavla.trainer.tensor_parallel.mpu import current_layout
+
+    return current_layout().dp_rank
+
+
+def data_parallel_size() -> int:
+    from lavla.trainer.tensor_parallel.mpu import current_layout
+
+    return current_layout().dp_size
+
+
+def data_parallel_group() -> object | None:
+    """The data-parallel process group (None: the whole world)."""
+    from lavla.trainer.tensor_parallel.mpu import dp_group
+
+    return dp_group()

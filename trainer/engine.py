@@ -12,6 +12,7 @@ from torch import nn
 
 from lavla.trainer.activation_checkpointing import apply_activation_checkpointing
 from lavla.trainer.config import PretrainConfig
+from lavla.trainer.distributed import data_parallel_group
 from lavla.trainer.deepspeed_config import build_deepspeed_config, gradient_accumulation_steps, parameter_groups
 
 log = logging.getLogger(__name__)
@@ -22,19 +23,32 @@ def _numel(p: nn.Parameter) -> int:
 
 
 def build_engine(cfg: PretrainConfig, world_size: int, load_universal: bool = False) -> tuple[Any, Any]:
-    """Returns ``(engine, lr_scheduler)``. Every rank builds the same initial weights (shared seed)."""
+    """Returns ``(engine, lr_scheduler)``. Every rank builds the same initial weights (shared seed).
+    ``world_size``: the data-parallel size (the world divided by ``parallel.tensor_parallel_size``;
+    with TP > 1, megatron's groups exist already: ``tensor_parallel.mpu.initialize``)."""
     import deepspeed
 
     from lavla.model.factory import build_model
 
+    tp = cfg.parallel.tensor_parallel_size
     ds_config = build_deepspeed_config(cfg, world_size, load_universal=load_universal)
     torch.manual_seed(cfg.run.seed)
     # zero.Init partitions each parameter as its module is constructed, so a model larger than
     # one device never exists whole on any rank. Plain construction is the default: it gives
-    # bit-identical initial weights across configurations.
-    init = deepspeed.zero.Init(config_dict_or_path=ds_config) if cfg.trainer.zero_init else contextlib.nullcontext()
+    # bit-identical initial weights across configurations. zero.Init ignores DeepSpeed's mpu: under
+    # TP it must be told the data-parallel group, or it splits replicated weights across TP ranks.
+    init = (deepspeed.zero.Init(config_dict_or_path=ds_config, data_parallel_group=data_parallel_group())
+            if cfg.trainer.zero_init else contextlib.nullcontext())
     with init:
         model = build_model(cfg.model, cfg.data)
+    mpu = None
+    if tp > 1:
+        from lavla.trainer.tensor_parallel.mpu import MegatronMpu
+        from lavla.trainer.tensor_parallel.parallelize import parallelize
+        from lavla.trainer.tensor_parallel.qwen3 import TextStackOptions
+
+        parallelize(model, TextStackOptions(tp, cfg.parallel.sequence_parallel, cfg.trainer.activation_checkpointing))
+        mpu = MegatronMpu()
     if cfg.trainer.activation_checkpointing:
         n = apply_activation_checkpointing(model, cfg.trainer.checkpoint_block_classes)
         log.info("activation checkpointing: %d blocks", n)
@@ -42,11 +56,12 @@ def build_engine(cfg: PretrainConfig, world_size: int, load_universal: bool = Fa
     n_params = sum(_numel(p) for p in model.parameters())
     n_train = sum(_numel(p) for p in model.parameters() if p.requires_grad)
     accum = gradient_accumulation_steps(cfg, world_size)
-    log.info("model %s: %.2fM parameters (%.2fM trainable, %.2fM frozen); world %d, micro %d x accum %d = global %d",
-             type(model).__name__, n_params / 1e6, n_train / 1e6, (n_params - n_train) / 1e6, world_size,
-             cfg.trainer.micro_batch_size, accum, cfg.trainer.global_batch_size)
+    log.info("model %s: %.2fM parameters%s (%.2fM trainable, %.2fM frozen); data parallel %d, micro %d x accum %d "
+             "= global %d", type(model).__name__, n_params / 1e6, f" on this TP rank of {tp}" if tp > 1 else "",
+             n_train / 1e6, (n_params - n_train) / 1e6, world_size, cfg.trainer.micro_batch_size, accum,
+             cfg.trainer.global_batch_size)
     engine, _, _, scheduler = deepspeed.initialize(
-        model=model, model_parameters=parameter_groups(model, cfg.optim.weight_decay), config=ds_config)
+        model=model, model_parameters=parameter_groups(model, cfg.optim.weight_decay), config=ds_config, mpu=mpu)
     return engine, scheduler
 
 

@@ -77,6 +77,7 @@ from torch import Tensor, nn
 
 from lavla.data_service.schema import supervision_mask
 from lavla.model.recipe import capabilities_of
+from lavla.trainer import distributed as dist_utils
 
 log = logging.getLogger(__name__)
 
@@ -260,11 +261,18 @@ class _Sums:
         self.add(f"{prefix}:n", e.count)
 
     def all_reduce(self) -> None:
-        """Sum every key over ranks (keys missing on a rank count 0) and gather the probe rows. Collective."""
-        if not dist.is_initialized() or dist.get_world_size() == 1:
+        """Sum every key over the data-parallel ranks (keys missing on a rank count 0) and gather the
+        probe rows. Collective. (TP ranks of one replica hold the same results: counted once.)"""
+        from lavla.trainer.distributed import data_parallel_group
+
+        if not dist.is_initialized():
             return
-        shapes: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(shapes, {k: v.numel() for k, v in self.sums.items()})
+        group = data_parallel_group()
+        n_ranks = dist.get_world_size(group)
+        if n_ranks == 1:
+            return
+        shapes: list[Any] = [None] * n_ranks
+        dist.all_gather_object(shapes, {k: v.numel() for k, v in self.sums.items()}, group=group)
         sizes: dict[str, int] = {}
         for s in shapes:
             for k, n in s.items():
@@ -275,14 +283,14 @@ class _Sums:
             else torch.zeros(0, dtype=torch.float64)
         device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
         flat = flat.to(device)
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
         parts = flat.cpu().split([sizes[k] for k in keys])
         self.sums = dict(zip(keys, parts))
-        gathered: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, self.rows)
+        gathered: list[Any] = [None] * n_ranks
+        dist.all_gather_object(gathered, self.rows, group=group)
         self.rows = [r for rank_rows in gathered for r in rank_rows]
-        everyone: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(everyone, {k: self.joined(k) for k in self.values})
+        everyone: list[Any] = [None] * n_ranks
+        dist.all_gather_object(everyone, {k: self.joined(k) for k in self.values}, group=group)
         self.values = {}
         for theirs in everyone:  # every rank has the same action dims (data.max_action_dim)
             for k, per_dim in theirs.items():
@@ -432,7 +440,8 @@ def evaluate(model: nn.Module, batches: Iterable[Mapping[str, Any]], *, normaliz
     ``predict_action`` calls per batch, replaying the first call's noise; the other metrics are
     unchanged either way). ``distributed``: all-reduce over the process group (collective; see above).
     """
-    rank = dist.get_rank() if distributed and dist.is_initialized() else 0
+    # TP ranks of one replica draw the same noise (their collectives need the same inputs).
+    rank = dist_utils.data_parallel_rank() if distributed and dist.is_initialized() else 0
     dev = torch.device(device) if device is not None else _model_device(model)
     s = _Sums()
     caps = capabilities_of(model)
@@ -731,11 +740,10 @@ class PeriodicEvaluator:
 
     def _build(self) -> None:
         from lavla.data_service.pipeline import build_data
-        from lavla.trainer import distributed as dist_utils
 
         data_cfg = eval_data_config(self.cfg.data, self.cfg.eval.split, self.cfg.eval.latent_labels)
         try:
-            self.data = build_data(data_cfg, rank=dist_utils.rank(), world_size=dist_utils.world_size(),
+            self.data = build_data(data_cfg, rank=dist_utils.data_parallel_rank(), world_size=dist_utils.data_parallel_size(),
                                    micro_batch_size=self.cfg.trainer.micro_batch_size, grad_accum=1,
                                    is_local_leader=dist_utils.local_rank() == 0, barrier=dist_utils.barrier)
         except Exception as e:
@@ -745,7 +753,6 @@ class PeriodicEvaluator:
 
     def run(self, module: nn.Module, step: int) -> dict[str, float]:
         """Evaluate (collective: every rank, same step); returns ``{eval/<metric>: value}`` on every rank."""
-        from lavla.trainer import distributed as dist_utils
 
         t0 = time.perf_counter()
         client = self.data.client

@@ -72,8 +72,16 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
     dist_utils.init_distributed()
     _setup_logging()
     rank, world = dist_utils.rank(), dist_utils.world_size()
+    if cfg.parallel.tensor_parallel_size > 1:
+        from lavla.trainer.tensor_parallel import mpu
+
+        layout = mpu.initialize(cfg.parallel.tensor_parallel_size, cfg.run.seed)
+        log.info("tensor parallel %d x data parallel %d (this rank: TP %d, DP %d)", layout.tp_size,
+                 layout.dp_size, layout.tp_rank, layout.dp_rank)
+    # The batch, the sample plan and ZeRO are per model replica: sized by the data-parallel ranks.
+    dp, dp_rank = dist_utils.data_parallel_size(), dist_utils.data_parallel_rank()
     run_dir = Path(cfg.run.dir)
-    cfg = _apply_batch_layout(cfg, world)
+    cfg = _apply_batch_layout(cfg, dp)
     config_yaml = dump_config(cfg)
 
     resume_from = find_resume_checkpoint(cfg.resume, run_dir)  # fails fast on a dirty run dir
@@ -86,10 +94,10 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
         _write_run_config(run_dir, config_yaml)
     dist_utils.barrier()
 
-    accum = gradient_accumulation_steps(cfg, world)
-    data = build_data(cfg.data, rank=rank, world_size=world, micro_batch_size=cfg.trainer.micro_batch_size,
+    accum = gradient_accumulation_steps(cfg, dp)
+    data = build_data(cfg.data, rank=dp_rank, world_size=dp, micro_batch_size=cfg.trainer.micro_batch_size,
                       grad_accum=accum, is_local_leader=dist_utils.local_rank() == 0, barrier=dist_utils.barrier)
-    engine, scheduler = build_engine(cfg, world, load_universal=universal)
+    engine, scheduler = build_engine(cfg, dp, load_universal=universal)
 
     ckpt = CheckpointManager(run_dir, cfg.checkpoint.keep_last, cfg.checkpoint.convert_workers,
                              cfg.checkpoint.staging_dir)
@@ -104,8 +112,9 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
                         "schedule counts optimizer steps",
                         state.get("global_batch_size"), cfg.trainer.global_batch_size)
     else:
-        # Per-rank RNG streams differ (noise samples) but are reproducible from the seed.
-        torch.manual_seed(cfg.run.seed * 1000 + rank + 1)
+        # Per-replica RNG streams differ (noise samples) but are reproducible from the seed; the TP
+        # ranks of a replica share theirs (their collectives need the same inputs).
+        torch.manual_seed(cfg.run.seed * 1000 + dp_rank + 1)
     sync_lr_schedule(scheduler, resumed=resume_from is not None)
 
     trainer = _Trainer(cfg, engine, data, ckpt, config_yaml, start_step, skipped_total, accum)
@@ -263,7 +272,8 @@ class _Trainer:
     def _save(self, step: int) -> None:
         if step == self.start_step:
             return  # the checkpoint we resumed from already holds this state
-        state = {"step": step, "world_size": self.world, "data": self.data.client.state_dict(),
+        state = {"step": step, "world_size": self.world, "tensor_parallel_size": self.cfg.parallel.tensor_parallel_size,
+                 "data": self.data.client.state_dict(),
                  "global_batch_size": self.cfg.trainer.global_batch_size,
                  "nonfinite_skipped_total": self.guard.skipped_total}
         self.ckpt.save(self.engine, step, state, self.config_yaml, self.data.normalization_stats())

@@ -21,9 +21,15 @@ log = logging.getLogger(__name__)
 
 
 def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        t = t.clone()
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    """Sum over the data-parallel ranks: the TP ranks of one replica see the same samples, so
+    summing over them too would count each sample TP times."""
+    from lavla.trainer.distributed import data_parallel_group
+
+    if dist.is_initialized():
+        group = data_parallel_group()
+        if dist.get_world_size(group) > 1:
+            t = t.clone()
+            dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
     return t
 
 

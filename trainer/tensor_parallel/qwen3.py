@@ -188,6 +188,7 @@ class MegatronQwen3TextModel(nn.Module):
         missing = [k for k in missing if not k.endswith("_extra_state")]
         if missing or unexpected:
             raise RuntimeError(f"HF -> megatron conversion left missing {missing[:5]} / unexpected {unexpected[:5]}")
+        mark_shards(self.decoder)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.embed_tokens
@@ -261,6 +262,22 @@ class MegatronQwen3TextModel(nn.Module):
         return BaseModelOutputWithPast(last_hidden_state=last, hidden_states=tuple(states) if output_hidden_states else None)
 
 
+SHARD_DIMS = {"linear_qkv.weight": 0, "linear_fc1.weight": 0, "linear_proj.weight": 1, "linear_fc2.weight": 1}
+"""TP-sharded decoder weights and the dimension they are split along (column-parallel: 0, row: 1)."""
+
+
+def mark_shards(decoder: nn.Module) -> None:
+    """Mark the TP-sharded weights as megatron does when it initializes them itself (it does not
+    with ``perform_initialization=False``): DeepSpeed's gradient norm counts an unmarked parameter
+    on TP rank 0 only, as a replicated one, so the clipping norm would miss the other shards."""
+    from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
+
+    for name, p in decoder.named_parameters():
+        dim = next((d for suffix, d in SHARD_DIMS.items() if name.endswith(suffix)), None)
+        if dim is not None:
+            set_tensor_model_parallel_attributes(p, True, dim, 1)
+
+
 def _run_layer(layer: nn.Module, hidden: Tensor, mask: Tensor, rope: Tensor) -> Tensor:
     out, _ = layer(hidden, attention_mask=mask, rotary_pos_emb=rope)
     return out
@@ -315,7 +332,7 @@ def megatron_to_hf(shards: list[dict[str, Tensor]], text_cfg: Any) -> dict[str, 
     for i in range(layers):
         src, dst = f"layers.{i}.", f"layers.{i}."
 
-        def cat(name: str, dim: int) -> Tensor:
+        def cat(name: str, dim: int, src: str = src) -> Tensor:
             return torch.cat([s[src + name] for s in shards], dim=dim)
 
         qkv = cat("self_attention.linear_qkv.weight", 0).view(nkv, (per_group + 2) * d, -1)
