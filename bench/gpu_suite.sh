@@ -2,7 +2,8 @@
 # Every GPU measurement the issues ask for, in one command on a lent H100/H200 (or any CUDA machine):
 #   1. the CUDA-only tests (pytest -m gpu): Triton kernel parity, attention backends, LARA on GPU
 #   2. python -m lavla.kernels.bench: fused codebook lookup vs the PyTorch reference, N=2^20, D=128, K=8/128/1024
-#   3. python -m lavla.trainer.bench_mfu --full-size: MFU and peak memory of LARA and the Pixels-to-Tokens baseline
+#   3. python -m lavla.trainer.bench_mfu --full-size: MFU and peak memory of LARA and the Pixels-to-Tokens baseline,
+#      and of the baseline on a Qwen3-VL-8B-sized backbone at TP=1 (--backbone qwen3-vl-8b; GPU only)
 #   4. python -m lavla.launcher.learning_check --budget gpu: LAM probe, image-swap sensitivity and move success
 # Results (JSON + logs) go to $RESULTS (default: $OUT when set, else bench/results/<date>_<device>/).
 #
@@ -57,7 +58,17 @@ for step in "${STEPS[@]}"; do
             "$PY" -m lavla.trainer.bench_mfu --recipe $recipe "${args[@]}" --out "$RESULTS/mfu_$recipe.json" \
                 2>&1 | tee "$RESULTS/mfu_$recipe.log"
             [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-        done ;;
+        done
+        # The 7B-class shape at TP=1 on one GPU (the baseline with a weight-less Qwen3-VL-8B, LoRA):
+        # the reference a multi-GPU node's parallel.tensor_parallel_size=2 run is compared with.
+        if [ "$CUDA" = 1 ]; then
+            "$PY" -m lavla.trainer.bench_mfu --recipe baseline --full-size --backbone qwen3-vl-8b \
+                --micro-batch "${MICRO_BATCH_8B:-4}" --steps 10 --warmup 3 --out "$RESULTS/mfu_baseline_8b_tp1.json" \
+                2>&1 | tee "$RESULTS/mfu_baseline_8b_tp1.log"
+            [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+        else
+            echo "mfu: the 8B TP=1 line needs a GPU (8.8 B parameters); skipped on CPU"
+        fi ;;
     learning)
         if [ "$CUDA" = 1 ]; then budget=gpu; else budget=ci; fi
         "$PY" -m lavla.launcher.learning_check --budget $budget --out "$RESULTS/learning" 2>&1 | tee "$RESULTS/learning.log"

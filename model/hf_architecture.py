@@ -109,6 +109,14 @@ QWEN3_VL_2B_VISION = dict(
     deepstack_visual_indexes=[5, 11, 17],
 )
 """Vision tower of Qwen3-VL-2B-Instruct: 24 blocks of 1024, patch 16, 2x2 merge, DeepStack after 5/11/17."""
+QWEN3_VL_8B_TEXT = dict(QWEN3_VL_2B_TEXT, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                        num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=False)
+"""Text model of Qwen3-VL-8B-Instruct: Qwen3-8B-sized, 36 x 4096, GQA 32/8 heads of 128, MLP 12288, untied."""
+QWEN3_VL_8B_VISION = dict(QWEN3_VL_2B_VISION, depth=27, hidden_size=1152, intermediate_size=4304,
+                          out_hidden_size=4096, deepstack_visual_indexes=[8, 16, 24])
+"""Vision tower of Qwen3-VL-8B-Instruct: 27 blocks of 1152, DeepStack after 8/16/24 (8.77 B parameters in all)."""
+ARCHITECTURES = {"qwen3-vl-2b": (QWEN3_VL_2B_TEXT, QWEN3_VL_2B_VISION), "qwen3-vl-8b": (QWEN3_VL_8B_TEXT, QWEN3_VL_8B_VISION)}
+"""Weight-less architectures ``write_qwen3_vl_architecture`` can write, by name."""
 
 
 def _write_qwen3_vl(path: Path, text: dict, vision: dict, *, min_pixels: int, max_pixels: int,
@@ -173,10 +181,16 @@ def _write_qwen3_vl(path: Path, text: dict, vision: dict, *, min_pixels: int, ma
 
 
 def write_qwen3_vl_2b_architecture(path: str | Path) -> Path:
-    """Write a Qwen3-VL-2B-Instruct directory *without weights* to ``path``; returns it.
+    """Qwen3-VL-2B-Instruct without weights (see :func:`write_qwen3_vl_architecture`)."""
+    return write_qwen3_vl_architecture(path, "qwen3-vl-2b")
 
-    config.json has the real model's sizes (``QWEN3_VL_2B_TEXT`` / ``QWEN3_VL_2B_VISION``, 151,936-row
-    vocabulary), so ``HFBackboneConfig(load_weights=False)`` builds the full 2B architecture with random
+
+def write_qwen3_vl_architecture(path: str | Path, name: str = "qwen3-vl-2b") -> Path:
+    """Write a Qwen3-VL-Instruct directory *without weights* to ``path``; returns it. ``name``: a key
+    of ``ARCHITECTURES`` (the 2B the Pixels-to-Tokens baseline uses, or the 8B).
+
+    config.json has the real model's sizes (e.g. ``QWEN3_VL_2B_TEXT`` / ``QWEN3_VL_2B_VISION``, 151,936-row
+    vocabulary), so ``HFBackboneConfig(load_weights=False)`` builds the full architecture with random
     weights for throughput and memory benchmarks, offline. The tokenizer is this module's small BPE
     with Qwen's special tokens (prompts tokenize into a few more text tokens than Qwen's own BPE), and
     the processor keeps a 224^2 frame at 224^2: 14 x 14 patches, 49 merged tokens, as Pixels-to-Tokens
@@ -191,8 +205,8 @@ def write_qwen3_vl_2b_architecture(path: str | Path) -> Path:
     # Written aside and renamed: complete or absent, also when several ranks write it at once.
     tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    _write_qwen3_vl(tmp, QWEN3_VL_2B_TEXT, QWEN3_VL_2B_VISION, min_pixels=32 * 32, max_pixels=1024 * 1024,
-                    weights=False, seed=0)
+    text, vision = ARCHITECTURES[name]
+    _write_qwen3_vl(tmp, text, vision, min_pixels=32 * 32, max_pixels=1024 * 1024, weights=False, seed=0)
     try:
         tmp.rename(path)
     except OSError:  # another rank got there first

@@ -48,9 +48,11 @@ ARCHITECTURE_DIR = Path(__file__).resolve().parents[1] / ".cache" / "models"
 """Where weight-less full-size architectures are written (``model.hf_architecture``)."""
 
 
-def full_size_overrides(recipe: str, arch_dir: Path = ARCHITECTURE_DIR) -> list[str]:
+def full_size_overrides(recipe: str, arch_dir: Path = ARCHITECTURE_DIR, backbone_size: str = "qwen3-vl-2b") -> list[str]:
     """``--config configs/full/<recipe>.yaml``, with a Hugging Face backbone pointed at a weight-less
-    architecture of the same model (written on first use): random weights at the real sizes, offline."""
+    architecture of the same model (written on first use): random weights at the real sizes, offline.
+    ``backbone_size``: which Qwen3-VL (``model.hf_architecture.ARCHITECTURES``; the 8B is the 7B-class
+    shape, whose text stack ``parallel.tensor_parallel_size`` shards)."""
     if recipe not in FULL_SIZE:
         return []
     import yaml
@@ -58,9 +60,10 @@ def full_size_overrides(recipe: str, arch_dir: Path = ARCHITECTURE_DIR) -> list[
     args = ["--config", str(FULL_SIZE[recipe])]
     backbone = (yaml.safe_load(FULL_SIZE[recipe].read_text())["model"].get("backbone") or {})
     if backbone.get("kind") == "hf":
-        from lavla.model.hf_architecture import write_qwen3_vl_2b_architecture
+        from lavla.model.hf_architecture import write_qwen3_vl_architecture
 
-        path = write_qwen3_vl_2b_architecture(arch_dir / "qwen3_vl_2b_instruct_architecture")
+        slug = backbone_size.replace("-", "_")
+        path = write_qwen3_vl_architecture(arch_dir / f"{slug}_instruct_architecture", backbone_size)
         args += [f"--model.backbone.hf.pretrained_path={path}", "--model.backbone.hf.load_weights=false"]
     return args
 
@@ -99,6 +102,8 @@ def bench(argv: list[str]) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m lavla.trainer.bench_mfu", description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", default="lara", help="model.type to benchmark")
     parser.add_argument("--full-size", action="store_true", help="apply the recipe's full-size preset")
+    parser.add_argument("--backbone", default="qwen3-vl-2b", choices=["qwen3-vl-2b", "qwen3-vl-8b"],
+                        help="with --full-size, the Hugging Face backbone's size (recipes with backbone.kind=hf)")
     parser.add_argument("--micro-batch", type=int, default=8, help="samples per rank per step")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (after --warmup)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
@@ -162,7 +167,8 @@ def bench(argv: list[str]) -> dict[str, Any]:
     n_params = sum(int(getattr(p, "ds_numel", p.numel())) for p in engine.module.parameters())
     n_train = sum(int(getattr(p, "ds_numel", p.numel())) for p in engine.module.parameters() if p.requires_grad)
     result = {
-        "recipe": args.recipe, "full_size": args.full_size, "device": device, "world_size": world,
+        "recipe": args.recipe, "full_size": args.full_size, "backbone": args.backbone if args.full_size else None,
+        "device": device, "world_size": world,
         "precision": args.precision, "micro_batch": args.micro_batch,
         "activation_checkpointing": cfg.trainer.activation_checkpointing,
         "params": n_params, "trainable_params": n_train,
@@ -185,7 +191,7 @@ def _recipe_config(args: argparse.Namespace, overrides: list[str]) -> Any:
 
     if args.full_size and args.recipe not in FULL_SIZE:
         raise SystemExit(f"no full-size preset configs/full/{args.recipe}.yaml; pass --model.* overrides instead")
-    base = full_size_overrides(args.recipe) if args.full_size else ["--config", args.config, f"--model.type={args.recipe}"]
+    base = full_size_overrides(args.recipe, backbone_size=args.backbone) if args.full_size else ["--config", args.config, f"--model.type={args.recipe}"]
     return load_config([*base, "--data.synthetic.enabled=false", *overrides])
 
 

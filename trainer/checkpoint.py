@@ -249,13 +249,14 @@ class CheckpointManager:
             if m and child.is_dir() and not is_complete(child) and int(m.group(1)) < newest:
                 shutil.rmtree(child, ignore_errors=True)
 
-    def load(self, engine: Any, ckpt: CheckpointInfo, seed: int) -> dict[str, Any]:
-        """Restore engine state and RNG from ``ckpt``. At another world size than the one that
-        saved it, the engine must have been built with ``checkpoint.load_universal`` (see
+    def load(self, engine: Any, ckpt: CheckpointInfo, seed: int, tensor_parallel_size: int = 1) -> dict[str, Any]:
+        """Restore engine state and RNG from ``ckpt``. At another layout (world or TP size) than the
+        one that saved it, the engine must have been built with ``checkpoint.load_universal`` (see
         :func:`needs_universal`) and the checkpoint is converted first if needed."""
         world = dist_utils.world_size()
         saved_world = saved_world_size(ckpt)
-        if saved_world != world:
+        same_layout = saved_world == world and saved_tensor_parallel_size(ckpt) == tensor_parallel_size
+        if not same_layout:
             ensure_converted(ckpt.path, dist_utils.is_main(), self.convert_workers)
             dist_utils.barrier()
             load_dir, tag = ckpt.path, UNIVERSAL_DIR
@@ -265,13 +266,14 @@ class CheckpointManager:
                                               load_lr_scheduler_states=True)
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load {load_dir / tag}")
-        if saved_world == world:
+        if same_layout:
             self._restore_rng(ckpt)
         else:
-            reseed(seed, ckpt.step, dist_utils.rank())
-            log.warning("world size changed %d -> %d: loaded the universal form of %s; RNG streams reseeded "
-                        "from (seed=%d, step=%d, rank) instead of restored",
-                        saved_world, world, ckpt.path, seed, ckpt.step)
+            reseed(seed, ckpt.step, dist_utils.data_parallel_rank())
+            log.warning("layout changed (world %d -> %d, TP %d -> %d): loaded the universal form of %s; RNG "
+                        "streams reseeded from (seed=%d, step=%d, data-parallel rank) instead of restored",
+                        saved_world, world, saved_tensor_parallel_size(ckpt), tensor_parallel_size, ckpt.path,
+                        seed, ckpt.step)
         log.info("resumed from %s (step %d)", ckpt.path, ckpt.step)
         return ckpt.state
 
@@ -291,14 +293,28 @@ def saved_world_size(ckpt: CheckpointInfo) -> int:
     return int(ckpt.state.get("world_size", dist_utils.world_size()))
 
 
-def needs_universal(ckpt: CheckpointInfo | None, world_size: int, allowed: bool) -> bool:
-    """True if resuming ``ckpt`` at ``world_size`` goes through the universal format (decided
-    before the engine is built: DeepSpeed reads ``load_universal`` from its config)."""
-    if ckpt is None or saved_world_size(ckpt) == world_size:
+def saved_tensor_parallel_size(ckpt: CheckpointInfo) -> int:
+    return int(ckpt.state.get("tensor_parallel_size", 1))
+
+
+def needs_universal(ckpt: CheckpointInfo | None, world_size: int, allowed: bool, tensor_parallel_size: int = 1) -> bool:
+    """True if resuming ``ckpt`` at ``world_size`` ranks and ``tensor_parallel_size`` goes through the
+    universal format (decided before the engine is built: DeepSpeed reads ``load_universal`` from
+    its config). A TP checkpoint converts to the TP=1 model's universal form only."""
+    if ckpt is None:
         return False
+    saved_world, saved_tp = saved_world_size(ckpt), saved_tensor_parallel_size(ckpt)
+    if saved_world == world_size and saved_tp == tensor_parallel_size:
+        return False
+    if tensor_parallel_size > 1:
+        raise RuntimeError(
+            f"{ckpt.path} was written by {saved_world} ranks at TP={saved_tp}; this job has {world_size} ranks at "
+            f"TP={tensor_parallel_size}. A tensor-parallel job resumes only at the layout that saved it: resume at "
+            f"{saved_world} ranks with parallel.tensor_parallel_size={saved_tp}, or at TP=1 (any number of ranks) "
+            "through the TP-aware universal conversion (README, Tensor parallelism)")
     if not allowed:
         raise RuntimeError(
-            f"{ckpt.path} was written by {saved_world_size(ckpt)} ranks but this job has {world_size}; "
+            f"{ckpt.path} was written by {saved_world} ranks at TP={saved_tp} but this job has {world_size} at TP=1; "
             "set checkpoint.convert_on_world_size_change=true (or run python -m lavla.launcher.convert_checkpoint) "
             "to resume through a DeepSpeed universal checkpoint"
         )

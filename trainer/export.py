@@ -8,7 +8,9 @@
 2. Consolidate the ZeRO partitions into fp32 parameters on CPU with DeepSpeed's own
    ``zero_to_fp32`` (files only, no process group). Buffers (quantizer code counts, restart
    offsets...) and any ``get_extra_state`` entries come from rank 0's module state in their
-   saved dtypes: ``zero_to_fp32`` would cast fp64 counters to fp32.
+   saved dtypes: ``zero_to_fp32`` would cast fp64 counters to fp32. A checkpoint written with
+   tensor parallelism is consolidated per TP rank and merged back to the TP=1 model's names and
+   layouts (``tensor_parallel.consolidate``): the export does not depend on the layout.
 3. Build the model from the checkpoint's ``config.yaml`` with ``model.factory.build_model`` and
    load the state strictly (missing / unexpected / misshapen keys are listed).
 4. Every ``VLBackbone`` submodule writes its assets (``export_assets``) into the export and
@@ -288,11 +290,16 @@ def _load_checkpoint_model(ckpt: CheckpointInfo) -> tuple[nn.Module, Any]:
         cfg = load_config(["--config", str(ckpt.path / CONFIG_FILE)])
     except ConfigError as e:
         raise ExportError(f"{ckpt.path / CONFIG_FILE}: {e}") from e
-    state = consolidate_state_dict(ckpt.path)
     try:
         model = build_model(cfg.model, cfg.data)
     except (ValueError, TypeError, KeyError) as e:
         raise ExportError(f"{ckpt.path / CONFIG_FILE}: cannot build the model: {e}") from e
+    if cfg.parallel.tensor_parallel_size > 1:  # megatron shards -> the TP=1 model's names and layouts
+        from lavla.trainer.tensor_parallel.consolidate import consolidate_tp_checkpoint
+
+        state = consolidate_tp_checkpoint(ckpt.path, model, consolidate_state_dict)
+    else:
+        state = consolidate_state_dict(ckpt.path)
     try:
         load_state_dict_strict(model, state, f"checkpoint {ckpt.path}")
     except PolicyLoadError as e:

@@ -71,7 +71,7 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
 
     dist_utils.init_distributed()
     _setup_logging()
-    rank, world = dist_utils.rank(), dist_utils.world_size()
+    world = dist_utils.world_size()
     if cfg.parallel.tensor_parallel_size > 1:
         from lavla.trainer.tensor_parallel import mpu
 
@@ -88,7 +88,8 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
     # Read before anyone trains (rank 0 rewrites it after each step); one reading for all ranks,
     # because the step that reports the restart logs, and logging is collective.
     previous = dist_utils.broadcast_object(read_last_progress(run_dir) if dist_utils.is_main() else None)
-    universal = needs_universal(resume_from, world, cfg.checkpoint.convert_on_world_size_change)
+    universal = needs_universal(resume_from, world, cfg.checkpoint.convert_on_world_size_change,
+                                cfg.parallel.tensor_parallel_size)
     dist_utils.barrier()
     if dist_utils.is_main():
         _write_run_config(run_dir, config_yaml)
@@ -103,7 +104,7 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
                              cfg.checkpoint.staging_dir)
     start_step, skipped_total = 0, 0
     if resume_from is not None:
-        state = ckpt.load(engine, resume_from, cfg.run.seed)
+        state = ckpt.load(engine, resume_from, cfg.run.seed, cfg.parallel.tensor_parallel_size)
         start_step = int(state["step"])
         skipped_total = int(state.get("nonfinite_skipped_total", 0))
         data.client.load_state_dict(state["data"], allow_new_plan=cfg.data.allow_new_plan)
@@ -139,7 +140,7 @@ def _apply_batch_layout(cfg: PretrainConfig, world: int) -> PretrainConfig:
     layout = batch_layout(t.global_batch_size, t.micro_batch_size, world, t.batch_layout)
     if not layout.change:
         return cfg
-    log.warning("batch layout for %d rank(s): %s; running %s", world, layout.change, layout.describe())
+    log.warning("batch layout for %d data-parallel rank(s): %s; running %s", world, layout.change, layout.describe())
     trainer = dataclasses.replace(t, global_batch_size=layout.global_batch_size,
                                   micro_batch_size=layout.micro_batch_size)
     return dataclasses.replace(cfg, trainer=trainer)

@@ -20,8 +20,11 @@ The estimates are the standard first-order ones, stated so they can be checked b
 
 TP pays when the model states or activations do not fit at TP = 1 even with ZeRO-3 (without
 recomputing every layer): it divides both, at the price of activation all-reduces on the critical
-path of every layer, so it stays inside a node. Until ``parallel.tensor_parallel_size`` is built
-(megatron-core; the README's "Tensor parallelism (planned)"), a TP > 1 recommendation is a plan, not a runnable config.
+path of every layer, so it stays inside a node. The recommendation is printed as the trainer
+flags that run it (``parallel.*``, ``trainer.zero.stage``, ``trainer.activation_checkpointing``).
+
+What TP shards is what ``trainer/tensor_parallel`` shards: the Qwen3 / Qwen3-VL text stack's layers
+and the DiT head's attention and MLP (:func:`shape_of_model` counts them in a built model).
 """
 
 from __future__ import annotations
@@ -75,6 +78,43 @@ SHAPES: dict[str, ModelShape] = {
                          trainable_params=_LLAMA2_7B_LAYERS + 2 * 32_000 * 4096 + 65 * 4096,
                          layers=32, hidden=4096, heads=32, seq=320),
 }
+
+
+def shape_of_model(model: object, name: str, seq: int) -> ModelShape:
+    """The planner's view of a built recipe module (``torch.device('meta')`` is enough): the
+    parameters ``tensor_parallel.parallelize`` would shard (text-stack layers, DiT attention and
+    MLP), the rest, the trainable ones, and the largest text stack's depth and width (or the DiT's
+    when there is no text stack). ``seq``: tokens per sample."""
+    from torch import nn
+
+    from lavla.model.flow_head import DiT
+    from lavla.model.layers import Mlp, MultiHeadAttention
+    from lavla.trainer.tensor_parallel.parallelize import _is_hf_text_stack
+
+    assert isinstance(model, nn.Module)
+    sharded: dict[int, nn.Parameter] = {}
+    stacks = [m for m in model.modules() if _is_hf_text_stack(m)]
+    for stack in stacks:
+        sharded.update({id(p): p for p in stack.layers.parameters()})
+    dits = [m for m in model.modules() if isinstance(m, DiT)]
+    for dit in dits:
+        for m in dit.modules():
+            if isinstance(m, (MultiHeadAttention, Mlp)):
+                sharded.update({id(p): p for p in m.parameters()})
+    params = {id(p): p for p in model.parameters()}
+    tp_params = sum(p.numel() for p in sharded.values())
+    trainable = sum(p.numel() for p in params.values() if p.requires_grad)
+    if stacks:
+        cfg = max(stacks, key=lambda m: m.config.num_hidden_layers).config
+        layers, hidden, heads = cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads
+    elif dits:
+        dit = dits[0]
+        attn = next(m for m in dit.modules() if isinstance(m, MultiHeadAttention))
+        layers, hidden, heads = len(dit.blocks), attn.q.in_features, attn.heads
+    else:
+        raise ValueError(f"{type(model).__name__} has nothing tensor parallelism shards (no Qwen3 text stack, no DiT)")
+    return ModelShape(name, tp_params=float(tp_params), other_params=float(sum(p.numel() for p in params.values()) - tp_params),
+                      trainable_params=float(trainable), layers=layers, hidden=hidden, heads=heads, seq=seq)
 
 
 @dataclass(frozen=True)
@@ -157,7 +197,7 @@ def layouts(gpus: int, gpus_per_node: int) -> list[Layout]:
     without full recomputation; sequence parallelism whenever TP > 1."""
     out = []
     for tp in (t for t in (1, 2, 4, 8) if t <= gpus_per_node and gpus % t == 0):
-        for zero in (0, 1, 2, 3):
+        for zero in (1, 2, 3):  # the trainer runs ZeRO 1-3 (stage 0 has no overflow check for the step skip)
             for recompute in (False, True):
                 out.append(Layout(tp, gpus // tp, zero, tp > 1, recompute))
     return out
@@ -212,6 +252,12 @@ def report(shape: ModelShape, gpus: int, gpu_gib: float, micro_batch: int, gpus_
                      f"{', sequence parallel' if lay.sequence_parallel else ''}{', full recompute' if lay.recompute else ''}"
                      f" ({best.total_gib:.1f} GiB per GPU, {best.comm_gib_per_step:.2f} GiB sent per step)")
     lines.append("why: " + explain(shape, best, gpus, gpu_gib))
-    if best is not None and best.layout.tp > 1:
-        lines.append("note: TP > 1 needs parallel.tensor_parallel_size, which is not built yet; this is a plan")
+    if best is not None:
+        lay = best.layout
+        flags = [f"--trainer.zero.stage={lay.zero}"]
+        if lay.tp > 1:
+            flags += [f"--parallel.tensor_parallel_size={lay.tp}", "--parallel.sequence_parallel=true"]
+        if lay.recompute:
+            flags.append("--trainer.activation_checkpointing=true")
+        lines.append(f"run with: {' '.join(flags)}   (--trainer.micro_batch_size={micro_batch})")
     return "\n".join(lines)

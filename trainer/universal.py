@@ -62,14 +62,21 @@ def convert(ckpt: Path, workers: int = 1) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     (ckpt / UNIVERSAL_FAILED).unlink(missing_ok=True)
     t0 = time.perf_counter()
-    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(ckpt),
-           "--output_folder", str(tmp), "--num_extract_workers", str(workers),
-           "--num_merge_workers", str(max(1, workers // 2)), "--inject_missing_state"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise RuntimeError(f"universal conversion of {ckpt} failed ({proc.returncode}):\n"
-                           f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    if _saved_tensor_parallel_size(ckpt) > 1:
+        try:
+            _convert_tensor_parallel(ckpt, tmp, workers)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    else:
+        cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(ckpt),
+               "--output_folder", str(tmp), "--num_extract_workers", str(workers),
+               "--num_merge_workers", str(max(1, workers // 2)), "--inject_missing_state"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise RuntimeError(f"universal conversion of {ckpt} failed ({proc.returncode}):\n"
+                               f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     # The converter points a 'latest_universal' file next to its output at the temporary name;
     # the trainer loads by explicit tag, so drop it rather than leave a wrong pointer.
     (ckpt / "latest_universal").unlink(missing_ok=True)
@@ -78,6 +85,21 @@ def convert(ckpt: Path, workers: int = 1) -> Path:
     (ckpt / UNIVERSAL_MARKER).write_text(json.dumps({"time": time.time(), "seconds": time.perf_counter() - t0}))
     log.info("converted %s to a universal checkpoint in %.1fs", ckpt, time.perf_counter() - t0)
     return out
+
+
+def _saved_tensor_parallel_size(ckpt: Path) -> int:
+    state = ckpt / "trainer_state.json"
+    return int(json.loads(state.read_text()).get("tensor_parallel_size", 1)) if state.is_file() else 1
+
+
+def _convert_tensor_parallel(ckpt: Path, out: Path, workers: int) -> None:
+    """A TP > 1 checkpoint's universal form is the TP=1 model's (``tensor_parallel.reshard``)."""
+    from lavla.model.factory import build_model
+    from lavla.trainer.config_io import load_config
+    from lavla.trainer.tensor_parallel.reshard import convert_tp_to_universal
+
+    cfg = load_config(["--config", str(ckpt / "config.yaml")])
+    convert_tp_to_universal(ckpt, out, build_model(cfg.model, cfg.data), workers)
 
 
 def ensure_converted(ckpt: Path, is_main: bool, workers: int = 1, poll_s: float = 1.0) -> Path:

@@ -67,3 +67,14 @@ def test_flops_only_counts_the_bare_model(tmp_path):
     assert res["flops_per_sample"] * 2 == res["flops_per_step"] > 0 and 0 < res["trainable_params"] <= res["params"]
     forward = sum(res["forward_flops_by_module"].values())
     assert 0.25 < forward / res["flops_per_step"] < 0.5 and res["forward_flops_by_module"]["lam"] > 0
+
+
+def test_the_8b_architecture_has_qwen3_vl_8b_sizes() -> None:
+    """The shape gpu_suite.sh measures at TP=1: Qwen3-VL-8B-Instruct's published 8.77 B parameters."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    from lavla.model.hf_architecture import QWEN3_VL_8B_TEXT, QWEN3_VL_8B_VISION
+
+    with torch.device("meta"):
+        model = Qwen3VLForConditionalGeneration(Qwen3VLConfig(text_config=QWEN3_VL_8B_TEXT, vision_config=QWEN3_VL_8B_VISION))
+    assert sum(p.numel() for p in model.parameters()) / 1e9 == pytest.approx(8.77, abs=0.005)

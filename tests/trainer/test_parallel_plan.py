@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 from lavla.launcher.plan_parallel import main
+from tests.conftest import REPO
 from lavla.trainer.parallel_plan import (GIB, SHAPES, Layout, ModelShape, activation_bytes, comm_bytes, estimate,
-                                         model_state_bytes, recommend)
+                                         model_state_bytes, recommend, shape_of_model)
 
 FULL = ModelShape("toy", tp_params=8e9, other_params=0.0, trainable_params=8e9, layers=2, hidden=1024, heads=8, seq=128)
 
@@ -48,7 +50,7 @@ def test_communication_of_data_and_tensor_parallelism() -> None:
 
 def test_recommendations_use_tp_only_where_it_pays() -> None:
     best, _ = recommend(SHAPES["qwen3-vl-2b"], gpus=8, gpu_gib=80, micro_batch=8)
-    assert best is not None and (best.layout.tp, best.layout.zero, best.layout.recompute) == (1, 0, False)
+    assert best is not None and (best.layout.tp, best.layout.zero, best.layout.recompute) == (1, 1, False)
     best, _ = recommend(SHAPES["lwm-7b"], gpus=2, gpu_gib=80, micro_batch=8)
     assert best is not None and (best.layout.tp, best.layout.zero) == (1, 3)  # ZeRO-3 before TP
     long_video = dataclasses.replace(SHAPES["lwm-7b"], seq=2048)
@@ -61,5 +63,29 @@ def test_cli_prints_the_table_and_the_reasons(capsys: pytest.CaptureFixture) -> 
     assert main(["--model", "lwm-7b", "--gpus", "8", "--seq", "2048", "--micro-batch", "2"]) == 0
     out = capsys.readouterr().out
     assert "recommended: TP 2 x DP 4, ZeRO-1, sequence parallel" in out and "why: TP 2" in out
-    assert "not built yet" in out  # a TP plan is labelled as one until parallel.tensor_parallel_size exists
+    assert "run with: --trainer.zero.stage=1 --parallel.tensor_parallel_size=2 --parallel.sequence_parallel=true" in out
     assert main(["--model", "lwm-7b", "--gpus", "0"]) == 2
+
+
+def test_recipe_shapes_count_what_tensor_parallelism_shards(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("megatron.core")
+    from tests.model.hf_tiny_models import write_tiny_qwen3_vl
+
+    from lavla.model.factory import build_model
+    from lavla.trainer.config_io import load_config
+
+    qwen = write_tiny_qwen3_vl(tmp_path / "qwen", num_layers=3)
+    args = ["--model.backbone.kind=hf", f"--model.backbone.hf.pretrained_path={qwen}", "--model.backbone.hf.image_size=32",
+            "--model.backbone.hf.tuning=full"]
+    cfg = load_config(["--config", str(REPO / "configs" / "quickstart.yaml"), *args])
+    model = build_model(cfg.model, cfg.data)
+    shape = shape_of_model(model, "tiny", seq=64)
+    text = model.backbone.model.model.language_model
+    dit_blocks = [m for name, m in model.named_modules() if name.endswith(("self_attn", "cross_attn", ".mlp"))
+                  and "head.dit.blocks." in name]
+    expected = sum(p.numel() for p in text.layers.parameters()) + sum(p.numel() for m in dit_blocks for p in m.parameters())
+    assert shape.tp_params == expected
+    assert shape.params == sum(p.numel() for p in model.parameters())
+    assert (shape.layers, shape.hidden, shape.heads) == (3, 64, 4)
+    assert main(["--recipe", str(REPO / "configs" / "quickstart.yaml"), "--gpus", "4", *[f"--set={a[2:]}" for a in args]]) == 0
+    assert "run with: --trainer.zero.stage=" in capsys.readouterr().out

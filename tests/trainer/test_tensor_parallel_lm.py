@@ -9,9 +9,9 @@ import torch.multiprocessing as mp
 
 pytest.importorskip("megatron.core")
 
-from tp_lm_workers import text_stack_worker, tiny_qwen3  # noqa: E402
+from tp_lm_workers import text_stack_worker, tiny_qwen3
 
-from lavla.trainer.tensor_parallel.qwen3 import hf_to_megatron, megatron_to_hf, rotary_angles  # noqa: E402
+from lavla.trainer.tensor_parallel.qwen3 import hf_to_megatron, megatron_to_hf, rotary_angles
 
 
 @pytest.mark.parametrize("tp", [1, 2])
@@ -27,8 +27,8 @@ def test_weight_conversion_round_trips_exactly(tp):
     back = megatron_to_hf(shards, model.config)
     expected = {k: v for k, v in hf.items() if k != "embed_tokens.weight"}
     assert back.keys() == expected.keys()
-    for k in expected:
-        torch.testing.assert_close(back[k], expected[k], rtol=0, atol=0, msg=k)
+    for k, v in expected.items():
+        torch.testing.assert_close(back[k], v, rtol=0, atol=0, msg=k)
 
 
 def test_tp_must_divide_the_kv_heads():

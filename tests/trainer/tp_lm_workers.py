@@ -5,7 +5,6 @@ converts a copy to megatron at the group's TP size and compares outputs and grad
 
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 
