@@ -48,7 +48,7 @@ COPY kernels kernels
 COPY trainer trainer
 COPY configs configs
 # No rlds extra: TensorFlow is the tests' reference reader, never on the training path.
-RUN pip install --constraint requirements.lock -e ".[gpu,video,ray,hf,wandb]" && \
+RUN pip install --constraint requirements.lock -e ".[gpu,video,ray,hf,wandb,tp]" && \
     python -c "import lavla.trainer.loop, lavla.model.factory"
 
 COPY docker/entrypoint.sh /usr/local/bin/lavla-entrypoint

@@ -270,10 +270,11 @@ class CheckpointManager:
             self._restore_rng(ckpt)
         else:
             reseed(seed, ckpt.step, dist_utils.data_parallel_rank())
-            log.warning("layout changed (world %d -> %d, TP %d -> %d): loaded the universal form of %s; RNG "
-                        "streams reseeded from (seed=%d, step=%d, data-parallel rank) instead of restored",
-                        saved_world, world, saved_tensor_parallel_size(ckpt), tensor_parallel_size, ckpt.path,
-                        seed, ckpt.step)
+            saved_tp = saved_tensor_parallel_size(ckpt)
+            tp_change = f", TP {saved_tp} -> {tensor_parallel_size}" if saved_tp != tensor_parallel_size else ""
+            log.warning("world size changed %d -> %d%s: loaded the universal form of %s; RNG streams reseeded "
+                        "from (seed=%d, step=%d, rank) instead of restored (rank: the data-parallel rank)",
+                        saved_world, world, tp_change, ckpt.path, seed, ckpt.step)
         log.info("resumed from %s (step %d)", ckpt.path, ckpt.step)
         return ckpt.state
 

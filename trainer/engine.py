@@ -37,18 +37,20 @@ def build_engine(cfg: PretrainConfig, world_size: int, load_universal: bool = Fa
     # one device never exists whole on any rank. Plain construction is the default: it gives
     # bit-identical initial weights across configurations. zero.Init ignores DeepSpeed's mpu: under
     # TP it must be told the data-parallel group, or it splits replicated weights across TP ranks.
-    init = (deepspeed.zero.Init(config_dict_or_path=ds_config, data_parallel_group=data_parallel_group())
-            if cfg.trainer.zero_init else contextlib.nullcontext())
-    with init:
-        model = build_model(cfg.model, cfg.data)
     mpu = None
     if tp > 1:
         from lavla.trainer.tensor_parallel.mpu import MegatronMpu
+
+        mpu = MegatronMpu()
+    init = (deepspeed.zero.Init(config_dict_or_path=ds_config, mpu=mpu, data_parallel_group=data_parallel_group())
+            if cfg.trainer.zero_init else contextlib.nullcontext())
+    with init:
+        model = build_model(cfg.model, cfg.data)
+    if tp > 1:
         from lavla.trainer.tensor_parallel.parallelize import parallelize
         from lavla.trainer.tensor_parallel.qwen3 import TextStackOptions
 
         parallelize(model, TextStackOptions(tp, cfg.parallel.sequence_parallel, cfg.trainer.activation_checkpointing))
-        mpu = MegatronMpu()
     if cfg.trainer.activation_checkpointing:
         n = apply_activation_checkpointing(model, cfg.trainer.checkpoint_block_classes)
         log.info("activation checkpointing: %d blocks", n)
