@@ -1,7 +1,7 @@
 """Tensor parallelism through the real trainer (``deepspeed launcher/pretrain.py``) on gloo: LARA
 with a tiny random Qwen3-VL backbone (fully tuned) and its DiT head, 5 steps at TP=2 x DP=2 (4
 ranks) against TP=1 x DP=2 (2 ranks), at ZeRO-1 and at ZeRO-3 (there with sequence parallelism and
-recomputation); then the TP=2 checkpoints resume at TP=1. Same data-parallel layout, so the same samples and noise reach each replica: any
+recomputation); then the checkpoints resume at other layouts (TP 2 -> 1, TP 1 -> 2, DP 2 -> 1 at TP 2). Same data-parallel layout, so the same samples and noise reach each replica: any
 difference is the TP implementation's.
 
 Why not TP=1 x DP=4: noise (flow-matching time and noise, LAM sampling) comes from per-replica RNG
@@ -51,18 +51,23 @@ def _final_checkpoint(run_dir: Path) -> Path:
     return max((run_dir / "checkpoints").glob("step_*"))
 
 
-def _resume_on_one_rank(world: list[str], qwen: Path, src: Path, run_dir: Path, zero: int) -> list[dict]:
-    """Two more steps at TP=1 on one rank from ``src``'s final checkpoint (through its universal form)."""
-    return _train(world, qwen, run_dir, 1, 1, zero, f"--resume={_final_checkpoint(src)}",
+def _resume_with_one_replica(world: list[str], qwen: Path, src: Path, run_dir: Path, zero: int, tp: int) -> list[dict]:
+    """Two more steps at TP=``tp`` x DP=1 from ``src``'s final checkpoint (through its universal form)."""
+    return _train(world, qwen, run_dir, tp, tp, zero, f"--resume={_final_checkpoint(src)}",
                   f"--trainer.max_steps={STEPS + 2}")[-2:]
 
 
-def _resumes_alike(world: list[str], qwen: Path, tmp_path: Path, zero: int) -> None:
-    """TP=2 -> TP=1 is exact: the TP=2 checkpoint (TP-aware universal conversion) and the TP=1 one
-    (DeepSpeed's conversion), both resumed at TP=1 x DP=1 (the same reseeded RNG), train alike."""
-    from_tp2 = _resume_on_one_rank(world, qwen, tmp_path / "tp2", tmp_path / "tp2_to_tp1", zero)
-    from_tp1 = _resume_on_one_rank(world, qwen, tmp_path / "tp1", tmp_path / "tp1_to_dp1", zero)
-    _same_steps(from_tp2, from_tp1, range(STEPS + 1, STEPS + 3))
+def _resumes_alike(world: list[str], qwen: Path, tmp_path: Path, zero: int, tp2_from: str) -> None:
+    """Layout changes are exact. Reference: the TP=1 checkpoint resumed at TP=1 x DP=1 (DeepSpeed's
+    conversion). The TP=2 checkpoint resumed at TP=1 x DP=1 (TP-aware conversion to the canonical
+    TP=1 form), and the ``tp2_from`` checkpoint resumed at TP=2 x DP=1 (each TP rank's shard cut from
+    the canonical form), train alike: one replica each, so the same reseeded RNG."""
+    steps = range(STEPS + 1, STEPS + 3)
+    reference = _resume_with_one_replica(world, qwen, tmp_path / "tp1", tmp_path / "tp1_to_tp1dp1", zero, 1)
+    _same_steps(_resume_with_one_replica(world, qwen, tmp_path / "tp2", tmp_path / "tp2_to_tp1dp1", zero, 1),
+                reference, steps)
+    _same_steps(_resume_with_one_replica(world, qwen, tmp_path / tp2_from, tmp_path / f"{tp2_from}_to_tp2dp1", zero, 2),
+                reference, steps)
 
 
 def test_zero1_tp2_dp2_equals_tp1_and_keeps_replicas_identical(tmp_path, tiny_world_args, tiny_qwen):
@@ -79,7 +84,7 @@ def test_zero1_tp2_dp2_equals_tp1_and_keeps_replicas_identical(tmp_path, tiny_wo
     assert any("q_layernorm" in k for k in replicated) and any(".visual." in k for k in replicated)
     for key in replicated:
         torch.testing.assert_close(ranks[0][key], ranks[1][key], rtol=0, atol=0, msg=key)
-    _resumes_alike(tiny_world_args, tiny_qwen, tmp_path, 1)
+    _resumes_alike(tiny_world_args, tiny_qwen, tmp_path, 1, tp2_from="tp1")  # TP 1 -> 2
 
 
 def test_zero3_tp2_with_sequence_parallel_and_recompute_equals_tp1_and_exports_the_same(
@@ -100,7 +105,7 @@ def test_zero3_tp2_with_sequence_parallel_and_recompute_equals_tp1_and_exports_t
     assert any("self_attn.q_proj" in k for k in a) and not any("linear_qkv" in k for k in a)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-5, msg=key)
-    _resumes_alike(tiny_world_args, tiny_qwen, tmp_path, 3)
+    _resumes_alike(tiny_world_args, tiny_qwen, tmp_path, 3, tp2_from="tp2")  # DP 2 -> 1 at TP 2
 
 
 def test_zero_init_builds_tp_modules_from_partitioned_weights(tmp_path, tiny_world_args):

@@ -47,7 +47,7 @@ import torch
 from lavla.trainer import distributed as dist_utils
 from lavla.data_service.atomic import atomic_write
 from lavla.trainer import faults
-from lavla.trainer.universal import UNIVERSAL_CLIENT_STATE, UNIVERSAL_DIR, ensure_converted
+from lavla.trainer.universal import UNIVERSAL_CLIENT_STATE, UNIVERSAL_DIR, ensure_converted, ensure_tp_rank_converted
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +260,13 @@ class CheckpointManager:
             ensure_converted(ckpt.path, dist_utils.is_main(), self.convert_workers)
             dist_utils.barrier()
             load_dir, tag = ckpt.path, UNIVERSAL_DIR
+            if tensor_parallel_size > 1:  # each TP rank loads its own shard of the canonical (TP=1) form
+                from lavla.trainer.tensor_parallel.mpu import current_layout
+
+                layout = current_layout()
+                tag = ensure_tp_rank_converted(ckpt.path, engine.module, layout.tp_rank, layout.tp_size,
+                                               is_writer=layout.dp_rank == 0)
+                dist_utils.barrier()
         else:
             load_dir, tag = ckpt.path.parent, ckpt.path.name
         load_path, _ = engine.load_checkpoint(str(load_dir), tag=tag, load_optimizer_states=True,
@@ -301,21 +308,15 @@ def saved_tensor_parallel_size(ckpt: CheckpointInfo) -> int:
 def needs_universal(ckpt: CheckpointInfo | None, world_size: int, allowed: bool, tensor_parallel_size: int = 1) -> bool:
     """True if resuming ``ckpt`` at ``world_size`` ranks and ``tensor_parallel_size`` goes through the
     universal format (decided before the engine is built: DeepSpeed reads ``load_universal`` from
-    its config). A TP checkpoint converts to the TP=1 model's universal form only."""
+    its config). Any TP layout converts through the TP=1 model's universal form (README, Tensor parallelism)."""
     if ckpt is None:
         return False
     saved_world, saved_tp = saved_world_size(ckpt), saved_tensor_parallel_size(ckpt)
     if saved_world == world_size and saved_tp == tensor_parallel_size:
         return False
-    if tensor_parallel_size > 1:
-        raise RuntimeError(
-            f"{ckpt.path} was written by {saved_world} ranks at TP={saved_tp}; this job has {world_size} ranks at "
-            f"TP={tensor_parallel_size}. A tensor-parallel job resumes only at the layout that saved it: resume at "
-            f"{saved_world} ranks with parallel.tensor_parallel_size={saved_tp}, or at TP=1 (any number of ranks) "
-            "through the TP-aware universal conversion (README, Tensor parallelism)")
     if not allowed:
         raise RuntimeError(
-            f"{ckpt.path} was written by {saved_world} ranks at TP={saved_tp} but this job has {world_size} at TP=1; "
+            f"{ckpt.path} was written by {saved_world} ranks at TP={saved_tp} but this job has {world_size} at TP={tensor_parallel_size}; "
             "set checkpoint.convert_on_world_size_change=true (or run python -m lavla.launcher.convert_checkpoint) "
             "to resume through a DeepSpeed universal checkpoint"
         )

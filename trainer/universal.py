@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +70,11 @@ def convert(ckpt: Path, workers: int = 1) -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     else:
-        cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(ckpt),
-               "--output_folder", str(tmp), "--num_extract_workers", str(workers),
-               "--num_merge_workers", str(max(1, workers // 2)), "--inject_missing_state"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
+        try:
+            run_ds_to_universal(ckpt, tmp, workers)
+        except RuntimeError:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise RuntimeError(f"universal conversion of {ckpt} failed ({proc.returncode}):\n"
-                               f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+            raise
     # The converter points a 'latest_universal' file next to its output at the temporary name;
     # the trainer loads by explicit tag, so drop it rather than leave a wrong pointer.
     (ckpt / "latest_universal").unlink(missing_ok=True)
@@ -85,6 +83,18 @@ def convert(ckpt: Path, workers: int = 1) -> Path:
     (ckpt / UNIVERSAL_MARKER).write_text(json.dumps({"time": time.time(), "seconds": time.perf_counter() - t0}))
     log.info("converted %s to a universal checkpoint in %.1fs", ckpt, time.perf_counter() - t0)
     return out
+
+
+def run_ds_to_universal(src: Path, out: Path, workers: int = 1) -> None:
+    """DeepSpeed's converter on the checkpoint directory ``src`` into ``out``, in a child process (its
+    memory, every parameter in fp32 plus moments, goes back to the system afterwards)."""
+    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(src),
+           "--output_folder", str(out), "--num_extract_workers", str(workers),
+           "--num_merge_workers", str(max(1, workers // 2)), "--inject_missing_state"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"universal conversion of {src} failed ({proc.returncode}):\n"
+                           f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
 
 
 def _saved_tensor_parallel_size(ckpt: Path) -> int:
@@ -122,6 +132,37 @@ def ensure_converted(ckpt: Path, is_main: bool, workers: int = 1, poll_s: float 
             raise RuntimeError(f"rank 0 failed to convert {ckpt} to a universal checkpoint: {failed.read_text()}")
         time.sleep(poll_s)
     return universal_path(ckpt)
+
+
+def ensure_tp_rank_converted(ckpt: Path, model_tp: Any, tp_rank: int, tp_size: int, is_writer: bool,
+                            poll_s: float = 1.0) -> str:
+    """This TP rank's universal form at TP ``tp_size`` (``tensor_parallel.reshard``), cut from the
+    canonical ``ckpt/universal`` (which must exist); returns its tag. One rank per TP rank writes it
+    (``is_writer``: data-parallel rank 0), the others wait for its marker, as for the canonical one."""
+    from lavla.trainer.tensor_parallel.reshard import tp_rank_tag, write_tp_rank_universal
+
+    ckpt = Path(ckpt)
+    tag = tp_rank_tag(tp_size, tp_rank)
+    out, marker, failed = ckpt / tag, ckpt / f"{tag}.COMPLETE", ckpt / f"{tag}.FAILED"
+    if is_writer and not marker.is_file():
+        tmp = ckpt / f".{tag}.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        failed.unlink(missing_ok=True)
+        try:
+            write_tp_rank_universal(universal_path(ckpt), tmp, model_tp, tp_rank, tp_size)
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(tmp, out)
+            marker.write_text(json.dumps({"time": time.time()}))
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            failed.write_text(str(e)[-2000:])
+            raise
+        log.info("wrote TP rank %d's universal checkpoint at TP %d: %s", tp_rank, tp_size, out)
+    while not marker.is_file():
+        if failed.is_file():
+            raise RuntimeError(f"TP rank {tp_rank}'s universal form of {ckpt} failed: {failed.read_text()}")
+        time.sleep(poll_s)
+    return tag
 
 
 def main(argv: list[str] | None = None) -> int:

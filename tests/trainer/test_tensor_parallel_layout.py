@@ -1,5 +1,5 @@
 """Where tensor parallelism meets ZeRO and checkpoints: zero.Init partitions over the data-parallel
-group only, and a TP checkpoint resumes only at its own layout or at TP=1."""
+group only, and a change of TP or world size goes through the universal form."""
 
 from __future__ import annotations
 
@@ -34,14 +34,13 @@ def _ckpt(world: int, tp: int) -> CheckpointInfo:
                           state={"world_size": world, "tensor_parallel_size": tp})
 
 
-def test_tp_checkpoints_resume_at_their_layout_or_at_tp1():
+def test_any_change_of_tp_or_world_size_goes_through_the_universal_form():
     assert not needs_universal(_ckpt(4, 2), 4, allowed=True, tensor_parallel_size=2)
-    assert needs_universal(_ckpt(4, 2), 4, allowed=True, tensor_parallel_size=1)  # TP-aware conversion
-    assert needs_universal(_ckpt(4, 2), 1, allowed=True, tensor_parallel_size=1)
-    with pytest.raises(RuntimeError, match="resumes only at the layout that saved it"):
-        needs_universal(_ckpt(4, 2), 8, allowed=True, tensor_parallel_size=2)
-    with pytest.raises(RuntimeError, match="resumes only at the layout that saved it"):
-        needs_universal(_ckpt(2, 1), 4, allowed=True, tensor_parallel_size=2)
+    assert needs_universal(_ckpt(4, 2), 4, allowed=True, tensor_parallel_size=1)  # TP 2 -> 1, DP 2 -> 4
+    assert needs_universal(_ckpt(4, 2), 8, allowed=True, tensor_parallel_size=2)  # DP 2 -> 4 at TP 2
+    assert needs_universal(_ckpt(2, 1), 2, allowed=True, tensor_parallel_size=2)  # TP 1 -> 2, same world
+    with pytest.raises(RuntimeError, match="convert_on_world_size_change"):
+        needs_universal(_ckpt(4, 2), 4, allowed=False, tensor_parallel_size=1)
     assert not needs_universal(_ckpt(2, 1), 2, allowed=False)  # checkpoints without the key are TP=1
 
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -105,3 +106,34 @@ def consolidate_tp_checkpoint(ckpt: Path, model_tp1: nn.Module,
     with tempfile.TemporaryDirectory(prefix="tp_views_") as tmp:
         shards = [consolidate_one(tp_rank_view(ckpt, r, Path(tmp))) for r in range(tp)]
     return merge_tp_state(shards, model_tp1)
+
+
+def shard_tp_state(full: dict[str, Any], model_tp: nn.Module, tp_rank: int, tp_size: int) -> dict[str, Any]:
+    """TP rank ``tp_rank``'s state (the TP model's names and local shards) from a TP=1 state dict:
+    the inverse of :func:`merge_tp_state`. ``model_tp``: the parallelized model (it says where the
+    megatron text stacks and DiT heads are). A text stack absent from ``full`` is skipped (optimizer
+    states of a frozen one)."""
+    from lavla.model.flow_head import DiT
+    from lavla.trainer.tensor_parallel.dit import shard_dit_state
+    from lavla.trainer.tensor_parallel.qwen3 import MegatronQwen3TextModel, hf_to_megatron
+
+    out: dict[str, Any] = {}
+    claimed: set[str] = set()
+    for name, stack in model_tp.named_modules():
+        if not isinstance(stack, MegatronQwen3TextModel):
+            continue
+        prefix = f"{name}."
+        decoder = {k[len(prefix):]: v for k, v in full.items()
+                   if k.startswith(prefix) and not k.startswith(f"{prefix}embed_tokens.")}
+        if not decoder:
+            continue
+        out.update({f"{prefix}decoder.{k}": v for k, v in hf_to_megatron(decoder, stack.config, tp_rank, tp_size).items()})
+        claimed.update(prefix + k for k in decoder)
+    for name, module in model_tp.named_modules():
+        if not isinstance(module, DiT):
+            continue
+        part = {k: v for k, v in full.items() if k.startswith(f"{name}.")}
+        out.update(shard_dit_state(part, tp_rank, tp_size))
+        claimed.update(part)
+    out.update({k: v for k, v in full.items() if k not in claimed})
+    return out

@@ -245,3 +245,20 @@ def consolidate_dit_state(shards: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         else:
             out[key] = parts[0].clone()
     return out
+
+
+def shard_dit_state(state: dict[str, Tensor], tp_rank: int, tp_size: int) -> dict[str, Tensor]:
+    """TP rank ``tp_rank``'s DiT state from the TP=1 one (keys may carry a prefix): the exact
+    inverse of :func:`consolidate_dit_state`, for weights and for optimizer moments alike."""
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if _COLUMN.search(key):
+            out[key] = value.chunk(tp_size, dim=0)[tp_rank].clone()
+        elif _KV.search(key):  # [K; V] -> [K_r; V_r]
+            k, v = value.chunk(2, dim=0)
+            out[key] = torch.cat([k.chunk(tp_size, dim=0)[tp_rank], v.chunk(tp_size, dim=0)[tp_rank]], dim=0)
+        elif _ROW_WEIGHT.search(key):
+            out[key] = value.chunk(tp_size, dim=1)[tp_rank].clone()
+        else:
+            out[key] = value
+    return out
