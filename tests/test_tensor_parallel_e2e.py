@@ -1,8 +1,9 @@
 """Tensor parallelism through the real trainer (``deepspeed launcher/pretrain.py``) on gloo: LARA
 with a tiny random Qwen3-VL backbone (fully tuned) and its DiT head, 5 steps at TP=2 x DP=2 (4
 ranks) against TP=1 x DP=2 (2 ranks), at ZeRO-1 and at ZeRO-3 (there with sequence parallelism and
-recomputation); then the checkpoints resume at other layouts (TP 2 -> 1, TP 1 -> 2, DP 2 -> 1 at TP 2). Same data-parallel layout, so the same samples and noise reach each replica: any
-difference is the TP implementation's.
+recomputation); then the checkpoints resume at other layouts (TP 2 -> 1, TP 1 -> 2, DP 2 -> 1 at
+TP 2). Same data-parallel layout, so the same samples and noise reach each replica: any difference
+is the TP implementation's.
 
 Why not TP=1 x DP=4: noise (flow-matching time and noise, LAM sampling) comes from per-replica RNG
 streams, so 4 replicas draw other noise than 2 even without TP; the comparison would not be exact.
