@@ -148,6 +148,11 @@ class NewTokenRows(nn.Module):
         super().__init__()
         if not isinstance(base, (nn.Embedding, nn.Linear)) or getattr(base, "bias", None) is not None:
             raise TypeError(f"new-token rows need an nn.Embedding or a bias-free nn.Linear, got {base}")
+        if rows is None and getattr(base.weight, "ds_numel", None) is not None and base.weight.numel() == 0:
+            # The rows start as copies of the base layer's rows, which zero.Init has already split.
+            raise ValueError("backbone.hf.tuning=lora with added tokens (the placeholder, extra_tokens) copies "
+                             "their embedding rows, which trainer.zero_init has already partitioned: use "
+                             "trainer.zero_init=false (ZeRO-3 still partitions the model after construction)")
         self.base = base
         self.register_buffer("ids", torch.tensor(ids, dtype=torch.long, device=base.weight.device), persistent=False)
         if rows is None:

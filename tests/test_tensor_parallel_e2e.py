@@ -112,7 +112,7 @@ def test_zero3_tp2_with_sequence_parallel_and_recompute_equals_tp1_and_exports_t
 def test_zero_init_builds_tp_modules_from_partitioned_weights(tmp_path, tiny_world_args):
     """``trainer.zero_init`` partitions at construction (over the data-parallel group, told to
     zero.Init with the mpu): the DiT's TP shards are cut from gathered weights, and training matches
-    TP=1. (The built-in backbone: a Hugging Face one does not build under zero.Init at any TP.)"""
+    TP=1 (the built-in backbone; the Hugging Face one: the next test)."""
     common = [*tiny_world_args, f"--trainer.max_steps={STEPS}", "--trainer.micro_batch_size=2",
               "--checkpoint.every_steps=0", "--trainer.zero.stage=3", "--trainer.zero_init=true"]
     runs = {}
@@ -122,3 +122,30 @@ def test_zero_init_builds_tp_modules_from_partitioned_weights(tmp_path, tiny_wor
                       timeout=900)
         runs[tp] = read_jsonl(run_dir / "metrics.jsonl")
     _same_steps(runs[2], runs[1])
+
+
+def test_zero_init_loads_a_hugging_face_backbone_into_every_tp_rank(tmp_path, tiny_world_args, tiny_qwen):
+    """A Hugging Face backbone under ``trainer.zero_init``: transformers builds and loads it
+    ZeRO-3-partitioned (it is told through ``HfDeepSpeedConfig``), but fills only the data-parallel
+    group of global rank 0; the other TP rank's group copies its shards from there (without that
+    copy its shards are uninitialized memory and every loss is non-finite). A vanishing learning
+    rate keeps the weights where construction put them: the TP=2 export holds exactly the
+    pretrained weights, and TP2 x DP2 computes what TP1 x DP2 does."""
+    from safetensors.torch import load_file
+
+    from lavla.trainer.export import export_policy
+
+    still = ("--trainer.zero_init=true", "--optim.lr=1e-20", "--optim.weight_decay=0", "--trainer.max_steps=2")
+    tp2 = _train(tiny_world_args, tiny_qwen, tmp_path / "tp2", 4, 2, 3, *still)
+    tp1 = _train(tiny_world_args, tiny_qwen, tmp_path / "tp1", 2, 1, 3, *still)
+    _same_steps(tp2, tp1, range(1, 3))
+    export_policy(tmp_path / "tp2", tmp_path / "tp2_export")
+    exported = load_file(tmp_path / "tp2_export" / "model.safetensors")
+    pretrained = load_file(tiny_qwen / "model.safetensors")
+    assert any("visual" in k for k in pretrained) and any("layers.2.self_attn" in k for k in pretrained)
+    for key, weight in pretrained.items():
+        got = exported[f"backbone.model.{key}"]
+        rows = weight.shape[0]  # the embedding and LM head gained the placeholder token's row
+        assert got.shape[1:] == weight.shape[1:] and got.shape[0] >= rows, key
+        # (1e-20 steps move a zero bias off zero, not by more than this)
+        torch.testing.assert_close(got[:rows], weight.to(got.dtype), rtol=0, atol=1e-12, msg=key)

@@ -134,7 +134,9 @@ class TrainerConfig:
     parameters are partitioned as soon as its own ``__init__`` returns, so init code that edits a
     *child's* parameters afterwards (e.g. zeroing a child Linear) edits empty shards and is lost:
     such inits belong in the child's ``reset_parameters`` or inside ``GatheredParameters``. Initial
-    weights are not bit-identical to a plain build; weights loaded later are unaffected."""
+    weights are not bit-identical to a plain build; weights loaded later are unaffected. Hugging
+    Face backbones build and load their pretrained weights shard-wise (``trainer/zero_init.py``);
+    LoRA with added tokens is refused (their rows start as copies of partitioned rows)."""
     zero: ZeroConfig = field(default_factory=ZeroConfig)
     """DeepSpeed ZeRO settings."""
     log_every: int = 10

@@ -14,6 +14,7 @@ from lavla.trainer.activation_checkpointing import apply_activation_checkpointin
 from lavla.trainer.config import PretrainConfig
 from lavla.trainer.distributed import data_parallel_group
 from lavla.trainer.deepspeed_config import build_deepspeed_config, gradient_accumulation_steps, parameter_groups
+from lavla.trainer.zero_init import copy_shards_from_first_tp_rank, partitioned_construction
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +37,21 @@ def build_engine(cfg: PretrainConfig, world_size: int, load_universal: bool = Fa
     # zero.Init partitions each parameter as its module is constructed, so a model larger than
     # one device never exists whole on any rank. Plain construction is the default: it gives
     # bit-identical initial weights across configurations. zero.Init ignores DeepSpeed's mpu: under
-    # TP it must be told the data-parallel group, or it splits replicated weights across TP ranks.
+    # TP it must be told the data-parallel group, or it splits replicated weights across TP ranks
+    # (and transformers fills only TP rank 0's shards: see trainer/zero_init.py).
     mpu = None
     if tp > 1:
         from lavla.trainer.tensor_parallel.mpu import MegatronMpu
 
         mpu = MegatronMpu()
-    init = (deepspeed.zero.Init(config_dict_or_path=ds_config, mpu=mpu, data_parallel_group=data_parallel_group())
+    init = (partitioned_construction(ds_config, mpu=mpu, data_parallel_group=data_parallel_group())
             if cfg.trainer.zero_init else contextlib.nullcontext())
     with init:
         model = build_model(cfg.model, cfg.data)
+    if tp > 1 and cfg.trainer.zero_init:
+        from lavla.trainer.tensor_parallel.mpu import tp_group
+
+        copy_shards_from_first_tp_rank(model, tp_group())
     if tp > 1:
         from lavla.trainer.tensor_parallel.parallelize import parallelize
         from lavla.trainer.tensor_parallel.qwen3 import TextStackOptions

@@ -257,6 +257,18 @@ def test_add_tokens_grows_the_vocabulary(tiny_qwen: Path) -> None:
     assert [cfg_bb.tokenizer.convert_tokens_to_ids(t) for t in ACT] == ids and cfg_bb.vocab_size == bb.vocab_size
 
 
+def test_new_token_rows_refuse_an_embedding_partitioned_at_construction() -> None:
+    """Under trainer.zero_init the base embedding is an empty ZeRO-3 shard: its rows cannot be copied."""
+    from lavla.model.hf_vlm import NewTokenRows
+
+    emb = torch.nn.Embedding(10, 4)
+    emb.weight.data = torch.empty(0)
+    emb.weight.ds_numel = 40  # what zero.Init leaves on a partitioned parameter
+    with pytest.raises(ValueError, match="trainer.zero_init=false"):
+        NewTokenRows(emb, [8, 9])
+    assert NewTokenRows(torch.nn.Embedding(10, 4), [8, 9]).rows.shape == (2, 4)
+
+
 def test_add_tokens_after_lora_training_is_refused(tiny_qwen: Path) -> None:
     bb = build(tiny_qwen, tuning="lora", lora_r=2)
     with torch.no_grad():
