@@ -263,11 +263,9 @@ class _Sums:
     def all_reduce(self) -> None:
         """Sum every key over the data-parallel ranks (keys missing on a rank count 0) and gather the
         probe rows. Collective. (TP ranks of one replica hold the same results: counted once.)"""
-        from lavla.trainer.distributed import data_parallel_group
-
         if not dist.is_initialized():
             return
-        group = data_parallel_group()
+        group = dist_utils.data_parallel_group()
         n_ranks = dist.get_world_size(group)
         if n_ranks == 1:
             return
@@ -743,7 +741,8 @@ class PeriodicEvaluator:
 
         data_cfg = eval_data_config(self.cfg.data, self.cfg.eval.split, self.cfg.eval.latent_labels)
         try:
-            self.data = build_data(data_cfg, rank=dist_utils.data_parallel_rank(), world_size=dist_utils.data_parallel_size(),
+            self.data = build_data(data_cfg, rank=dist_utils.data_parallel_rank(),
+                                   world_size=dist_utils.data_parallel_size(),
                                    micro_batch_size=self.cfg.trainer.micro_batch_size, grad_accum=1,
                                    is_local_leader=dist_utils.local_rank() == 0, barrier=dist_utils.barrier)
         except Exception as e:
@@ -753,7 +752,6 @@ class PeriodicEvaluator:
 
     def run(self, module: nn.Module, step: int) -> dict[str, float]:
         """Evaluate (collective: every rank, same step); returns ``{eval/<metric>: value}`` on every rank."""
-
         t0 = time.perf_counter()
         client = self.data.client
         try:
